@@ -1,0 +1,188 @@
+"""The engine protocol: what every backend (llama.cpp, sentence-transformers, vLLM, remote) offers the pool.
+
+Engines know nothing of queues, priorities or HTTP: the control plane decides what runs when,
+the pool decides where. Blocking engines run their work on threads they own and hand results
+to trio through memory channels; no method here blocks the trio thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol, runtime_checkable
+
+import msgspec
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+class EngineState(str, enum.Enum):
+    STOPPED = "stopped"
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    ERROR = "error"
+
+
+class EngineError(Exception):
+    """An engine could not serve a request (dead thread or child, load failure): a 503-class error."""
+
+
+class ContextOverflowError(ValueError):
+    """prompt + max_tokens does not fit the slot's context: a client's 400, with the numbers."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, n_ctx: int):
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.n_ctx = n_ctx
+        super().__init__(
+            f"this model's context per sequence is {n_ctx} tokens, but the request needs "
+            f"{prompt_tokens + max_tokens} ({prompt_tokens} in the prompt + {max_tokens} to generate); "
+            "shorten the prompt or lower max_tokens"
+        )
+
+
+class ChatTemplateMissingError(ValueError):
+    """A chat request to a model with no chat template and no configured chat_format: a client's 400."""
+
+
+class ChatMessage(msgspec.Struct, frozen=True):
+    role: str
+    content: str
+
+
+class SamplingParams(msgspec.Struct, frozen=True):
+    """Per-request sampling. Defaults follow the OpenAI API (temperature 1, top_p 1)."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+class GenerationRequest(msgspec.Struct, frozen=True):
+    """One sequence to generate. Exactly one of prompt / messages / prompt_tokens is set."""
+
+    request_id: str
+    sampling: SamplingParams = SamplingParams()
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt_tokens: tuple[int, ...] | None = None
+
+
+class GenerationChunk(msgspec.Struct):
+    """A piece of a generation stream. `text` never splits a UTF-8 character.
+
+    The last chunk of a stream has finish_reason set, and carries the final token counts.
+    """
+
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens reused from the KV cache (prefix reuse)
+    error: str | None = None
+
+
+class EmbeddingResult(msgspec.Struct):
+    vectors: list[list[float]]  # one per input, normalised when the engine says so
+    prompt_tokens: int  # total tokens across inputs, for usage
+    truncated: int = 0  # how many inputs were cut at the model's max length
+    dimensions: int = 0
+
+
+class EngineHealth(msgspec.Struct):
+    state: EngineState
+    ok: bool
+    detail: str = ""
+
+
+class EngineStats(msgspec.Struct):
+    slots_total: int = 0
+    slots_busy: int = 0
+    requests_total: int = 0
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    cached_prompt_tokens_total: int = 0
+    extra: dict[str, float] = {}
+
+
+class StepGate(Protocol):
+    """Shares the CPU between engines at step granularity (the control plane owns it).
+
+    A decode loop holds the gate for one step (one llama_decode, one embedding batch) and
+    releases it between steps, so work on another engine can run in between.
+    """
+
+    def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class NullGate:
+    """A gate that never waits: for an engine that has the cores to itself."""
+
+    def acquire(self) -> None:
+        return None
+
+    def release(self) -> None:
+        return None
+
+
+class ThreadGate:
+    """A plain lock as a gate: engines take turns step by step."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    kind: Literal["llm", "embedding"]
+    backend: str
+
+    async def load(self) -> None:
+        """Load weights; returns when the engine can serve. Raises EngineError on failure."""
+
+    async def unload(self) -> None:
+        """Stop serving, fail or finish in-flight work, free memory. Idempotent."""
+
+    def health(self) -> EngineHealth: ...
+
+    def stats(self) -> EngineStats: ...
+
+
+@runtime_checkable
+class LLMEngine(Engine, Protocol):
+    n_ctx: int  # context per sequence
+    parallel: int  # sequences decoded together
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream a generation. Cancelling the consuming task frees the slot at once."""
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def has_chat_template(self) -> bool: ...
+
+
+@runtime_checkable
+class EmbeddingEngine(Engine, Protocol):
+    dimensions: int
+    max_seq_length: int
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult: ...
