@@ -1,0 +1,261 @@
+"""The RPC wire protocol between `sagectl` (or any local client) and the daemon.
+
+Frames are a 4-byte big-endian length followed by one MessagePack message. Messages are a
+tagged union (field "t"): the client opens with Hello, then sends Requests; the daemon answers
+each request id with one Reply, or with Items followed by an End (streamed replies), or with
+an Error. Nothing here does I/O: `FrameDecoder` is fed bytes and hands back messages, so the
+framing is tested alone and driven by both the trio server and the blocking client.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Annotated, Any, Final
+
+import msgspec
+
+PROTOCOL_VERSION: Final = 1
+DEFAULT_MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+_HEADER = struct.Struct(">I")
+HEADER_SIZE: Final = _HEADER.size
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+class Hello(msgspec.Struct, tag="hello", tag_field="t"):
+    protocol: int = PROTOCOL_VERSION
+    client: str = ""
+
+
+class Welcome(msgspec.Struct, tag="welcome", tag_field="t"):
+    protocol: int
+    daemon_version: str
+    pid: int
+    http_url: str
+
+
+class Request(msgspec.Struct, tag="req", tag_field="t"):
+    id: int
+    method: str
+    params: msgspec.Raw = msgspec.Raw(b"\x80")  # an empty map
+
+
+class Reply(msgspec.Struct, tag="ok", tag_field="t"):
+    id: int
+    result: Any = None
+
+
+class Item(msgspec.Struct, tag="item", tag_field="t"):
+    """One piece of a streamed reply (a log line, a progress update)."""
+
+    id: int
+    data: Any = None
+
+
+class End(msgspec.Struct, tag="end", tag_field="t"):
+    id: int
+    result: Any = None
+
+
+class Error(msgspec.Struct, tag="err", tag_field="t"):
+    id: int  # 0 when the error is about the connection, not a request
+    code: str
+    message: str
+
+
+Message = Hello | Welcome | Request | Reply | Item | End | Error
+
+
+class ErrorCode:
+    """Typed error codes. Clients branch on these, never on message text."""
+
+    BAD_FRAME: Final = "bad_frame"
+    FRAME_TOO_LARGE: Final = "frame_too_large"
+    PROTOCOL_VERSION: Final = "protocol_version"
+    UNKNOWN_METHOD: Final = "unknown_method"
+    INVALID_PARAMS: Final = "invalid_params"
+    PERMISSION_DENIED: Final = "permission_denied"
+    NOT_FOUND: Final = "not_found"
+    UNAVAILABLE: Final = "unavailable"
+    OVERLOADED: Final = "overloaded"
+    SHUTTING_DOWN: Final = "shutting_down"
+    INTERNAL: Final = "internal"
+
+
+class ProtocolError(Exception):
+    """A frame broke the protocol. `fatal` means the byte stream cannot be trusted any more."""
+
+    def __init__(self, code: str, message: str, fatal: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode_frame(message: Message) -> bytes:
+    body = _encoder.encode(message)
+    return _HEADER.pack(len(body)) + body
+
+
+def encode_params(params: Any) -> msgspec.Raw:
+    return msgspec.Raw(_encoder.encode(params))
+
+
+def decode_message(body: bytes) -> Message:
+    try:
+        return _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"frame does not decode as a SAGE RPC message: {exc}") from None
+
+
+class FrameDecoder:
+    """Turns a byte stream into messages. Feed it bytes; iterate `messages()`.
+
+    An oversized frame is fatal (the stream cannot be resynchronised without reading the
+    whole claimed length); a frame that does not decode is not (its length was honest).
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
+        self.max_frame_bytes = max_frame_bytes
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """The next complete frame body, or None when more bytes are needed."""
+        if len(self._buffer) < HEADER_SIZE:
+            return None
+        (length,) = _HEADER.unpack_from(self._buffer)
+        if length > self.max_frame_bytes:
+            raise ProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"frame of {length} bytes is over the limit of {self.max_frame_bytes} bytes",
+                fatal=True,
+            )
+        end = HEADER_SIZE + length
+        if len(self._buffer) < end:
+            return None
+        body = bytes(self._buffer[HEADER_SIZE:end])
+        del self._buffer[:end]
+        return body
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+
+# ----------------------------------------------------------------------------- methods
+# Params and results of each RPC method. The daemon converts params with these types, so a
+# wrong type is an `invalid_params` error naming the field.
+
+
+class Empty(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class StatusResult(msgspec.Struct):
+    version: str
+    pid: int
+    uptime_s: float
+    http_url: str
+    socket: str
+    state: str  # starting | serving | draining
+    in_flight: int
+    config_files: list[str]
+    notes: list[str] = []  # e.g. "config reload: http.port needs a restart"
+
+
+class ConfigValue(msgspec.Struct):
+    key: str
+    value: Any
+    source: str
+
+
+class ConfigShowResult(msgspec.Struct):
+    values: list[ConfigValue]
+
+
+class GpuInfo(msgspec.Struct):
+    index: int
+    name: str
+    memory_total_bytes: int
+    memory_free_bytes: int
+
+
+class NodeInfo(msgspec.Struct):
+    hostname: str
+    cpu_model: str
+    cpu_count: int
+    memory_total_bytes: int
+    memory_available_bytes: int
+    gpus: list[GpuInfo]
+    gpu_source: str  # nvml | nvidia-smi | none | config
+    is_wsl2: bool
+    vllm_available: bool
+    overrides: list[str] = []  # which facts come from config, not from the host
+
+
+class PortInfo(msgspec.Struct):
+    name: str
+    port: int
+    free: bool
+    holder: str = ""  # "pid 123 (python3 -m http.server)" where it can be found
+    note: str = ""
+
+
+class PortsResult(msgspec.Struct):
+    ports: list[PortInfo]
+    recommended_llm_port: int
+    reason: str
+
+
+class VersionResult(msgspec.Struct):
+    daemon_version: str
+    protocol: int
+    python: str
+    packages: dict[str, str]
+
+
+class EchoParams(msgspec.Struct, forbid_unknown_fields=True):
+    """`ping` with an optional payload, echoed back, after an optional delay (to test clients' timeouts and the drain)."""
+
+    payload: str = ""
+    delay_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.0
+
+
+class PingResult(msgspec.Struct):
+    payload: str
+    daemon_time: float
+
+
+class MethodSpec(msgspec.Struct, frozen=True):
+    params: type
+    result: type
+    streaming: bool = False
+
+
+METHODS: Final[dict[str, MethodSpec]] = {
+    "ping": MethodSpec(EchoParams, PingResult),
+    "status": MethodSpec(Empty, StatusResult),
+    "config.show": MethodSpec(Empty, ConfigShowResult),
+    "nodes": MethodSpec(Empty, NodeInfo),
+    "ports": MethodSpec(Empty, PortsResult),
+    "version": MethodSpec(Empty, VersionResult),
+}
+
+
+def decode_params(method: str, raw: msgspec.Raw) -> Any:
+    """Params of `method` as its typed Struct; ProtocolError for unknown methods and bad params."""
+    spec = METHODS.get(method)
+    if spec is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_METHOD, f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+    try:
+        return msgspec.msgpack.decode(raw, type=spec.params)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_PARAMS, f"invalid params for {method}: {exc}") from None

@@ -1,0 +1,274 @@
+"""Typed configuration, read in layers (later wins):
+
+packaged defaults (etc/sage.toml) < /etc/sage/sage.toml < the user's config file
+< SAGE_<SECTION>_<KEY> environment variables < command-line flags.
+
+`--config FILE` replaces the two file layers. Every value remembers which layer set it
+(`sagectl config show`). A bad value stops start-up with one line naming the layer, the key
+and what was expected (`ConfigError`, exit code 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import platformdirs
+
+from sage_client.paths import APP_NAME
+
+# ----------------------------------------------------------------------------- schema
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: any free port
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+LogLevel = Literal["debug", "info", "warning", "error"]
+Tristate = Literal["auto", "yes", "no"]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class DaemonConfig(_Section):
+    log_level: LogLevel = "info"
+    drain_grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+
+
+class HttpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8888
+    max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    api_keys: list[str] = []
+    api_key_file: str = ""
+    public_health: bool = True
+    cors_origins: list[str] = []
+
+
+class RpcConfig(_Section):
+    socket: str = ""
+    group: str = ""
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024 * 1024)] = 16 * 1024 * 1024
+
+
+class PathsConfig(_Section):
+    data_dir: str = ""
+    state_dir: str = ""
+    cache_dir: str = ""
+    log_dir: str = ""
+    runtime_dir: str = ""
+
+
+class NodesConfig(_Section):
+    wsl2: Tristate = "auto"
+    vllm: Tristate = "auto"
+    pretend_gpus: Annotated[int, msgspec.Meta(ge=-1, le=64)] = -1
+    pretend_gpu_memory_gb: Annotated[float, msgspec.Meta(gt=0)] = 24.0
+
+
+class Config(_Section):
+    daemon: DaemonConfig = DaemonConfig()
+    http: HttpConfig = HttpConfig()
+    rpc: RpcConfig = RpcConfig()
+    paths: PathsConfig = PathsConfig()
+    nodes: NodesConfig = NodesConfig()
+
+
+SECTIONS: frozenset[str] = frozenset(Config.__struct_fields__)
+
+# Values that a SIGHUP reload applies live; every other change needs a restart.
+LIVE_KEYS: frozenset[str] = frozenset({"daemon.log_level", "daemon.drain_grace_s", "http.api_keys", "http.api_key_file"})
+
+# Environment variables with the SAGE_ prefix that belong to clients, not to the config.
+CLIENT_ENV = frozenset({"SAGE_SOCKET", "SAGE_BASE_URL", "SAGE_CONFIG"})
+
+# ----------------------------------------------------------------------------- layers
+
+
+class ConfigError(Exception):
+    """One line for the user: where, which key, what was expected."""
+
+
+class Layer(msgspec.Struct):
+    source: str  # "defaults (/path)", "/etc/sage/sage.toml", "env SAGE_HTTP_PORT", "flag --port"
+    values: dict[str, Any]
+
+
+class LoadedConfig(msgspec.Struct):
+    config: Config
+    sources: dict[str, str]  # dotted key -> source of its value
+    files: list[str]  # the file layers that existed and were read
+
+
+def packaged_defaults_path() -> Path:
+    # The packaged copy (installed) is a symlink to etc/sage.toml in a source checkout.
+    return Path(__file__).resolve().parent.parent / "defaults" / "sage.toml"
+
+
+def system_config_path() -> Path:
+    return Path("/etc/sage/sage.toml")
+
+
+def user_config_path() -> Path:
+    directory = os.environ.get("CONFIGURATION_DIRECTORY")  # systemd's ConfigurationDirectory=
+    if directory:
+        return Path(directory.split(":")[0]) / "sage.toml"
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "sage.toml"
+
+
+def read_toml_layer(path: Path, label: str | None = None) -> Layer:
+    label = label or str(path)
+    try:
+        with path.open("rb") as f:
+            values = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error in {label}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config error: cannot read {label}: {exc.strerror}") from None
+    return Layer(label, values)
+
+
+def _parse_scalar(text: str) -> Any:
+    """An environment or flag value: TOML syntax where it parses (9000, true, ["a"]), else the string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    section, _, key = dotted.partition(".")
+    return {section: {key: value}}
+
+
+def env_layers(environ: Mapping[str, str]) -> list[Layer]:
+    layers = []
+    for name in sorted(environ):
+        if not name.startswith("SAGE_") or name in CLIENT_ENV:
+            continue
+        if name == "SAGE_API_KEY":  # the common single-key form, as OpenAI clients spell it
+            layers.append(Layer(f"env {name}", {"http": {"api_keys": [environ[name]]}}))
+            continue
+        rest = name[len("SAGE_") :].lower()
+        section, _, key = rest.partition("_")
+        if section not in SECTIONS:
+            continue  # not ours (another tool's SAGE_ variable)
+        if not key:
+            raise ConfigError(f"config error in env {name}: name a key, as in SAGE_{section.upper()}_<KEY>")
+        layers.append(Layer(f"env {name}", _nest(f"{section}.{key}", _parse_scalar(environ[name]))))
+    return layers
+
+
+def flag_layer(dotted: str, value: Any, flag: str) -> Layer:
+    if "." not in dotted or dotted.split(".", 1)[0] not in SECTIONS:
+        raise ConfigError(f"config error in flag {flag}: {dotted!r} is not SECTION.KEY (sections: {', '.join(sorted(SECTIONS))})")
+    if isinstance(value, str):
+        value = _parse_scalar(value)
+    return Layer(f"flag {flag}", _nest(dotted, value))
+
+
+def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value  # scalars and lists (e.g. [[models]]) replace wholesale
+    return merged
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+_AT_PATH = re.compile(r"^(?P<what>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.S)
+
+
+def _explain(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """msgspec's 'Expected `int` <= 65535 - at `$.http.port`' as ('http.port', 'expected `int` <= 65535')."""
+    match = _AT_PATH.match(str(exc))
+    assert match is not None
+    what, path = match["what"], match["path"] or ""
+    path = re.sub(r"\[(\d+)\]", r"[\1]", path)
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
+    if unknown:
+        key = f"{path}.{unknown[1]}" if path else unknown[1]
+        section_keys = _known_keys(path)
+        hint = f" (known keys here: {', '.join(section_keys)})" if section_keys else ""
+        return key, f"unknown key{hint}"
+    return path or "(top level)", what[0].lower() + what[1:]
+
+
+def _known_keys(path: str) -> list[str]:
+    struct: Any = Config
+    for part in filter(None, path.split(".")):
+        part = re.sub(r"\[\d+\]$", "", part)
+        field_type = {f.name: f.type for f in msgspec.structs.fields(struct)}.get(part)
+        args = getattr(field_type, "__args__", ())
+        struct = next((a for a in (field_type, *args) if isinstance(a, type) and issubclass(a, msgspec.Struct)), None)
+        if struct is None:
+            return []
+    return sorted(struct.__struct_fields__)
+
+
+def build_config(layers: list[Layer]) -> LoadedConfig:
+    """Merge layers in order, validating after each, so an error names the layer that caused it."""
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    config = Config()
+    for layer in layers:
+        merged = _merge(merged, layer.values)
+        try:
+            config = msgspec.convert(merged, Config, strict=not layer.source.startswith(("env ", "flag ")))
+        except msgspec.ValidationError as exc:
+            key, what = _explain(exc)
+            raise ConfigError(f"config error in {layer.source}: {key}: {what}") from None
+        for dotted in _flatten(layer.values):
+            sources[dotted] = layer.source
+    files = [layer.source for layer in layers if not layer.source.startswith(("env ", "flag ", "defaults"))]
+    return LoadedConfig(config, sources, files)
+
+
+def load_config(
+    config_file: str | Path | None = None,
+    overrides: list[tuple[str, Any, str]] = (),  # type: ignore[assignment]
+    environ: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """The effective configuration. `overrides` are (dotted key, value, flag name) from the command line."""
+    environ = os.environ if environ is None else environ
+    layers: list[Layer] = []
+    defaults = packaged_defaults_path()
+    if defaults.exists():
+        layers.append(read_toml_layer(defaults, f"defaults ({defaults})"))
+    if config_file is not None:
+        layers.append(read_toml_layer(Path(config_file)))
+    else:
+        for path in (system_config_path(), user_config_path()):
+            if path.exists():
+                layers.append(read_toml_layer(path))
+    layers.extend(env_layers(environ))
+    layers.extend(flag_layer(dotted, value, flag) for dotted, value, flag in overrides)
+    return build_config(layers)
+
+
+def effective_values(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
+    """(dotted key, value, source) for every key, defaults included, for `sagectl config show`."""
+    flat = _flatten(msgspec.to_builtins(loaded.config))
+    return [(key, value, loaded.sources.get(key, "built-in default")) for key, value in flat.items()]
+
+
+def diff_keys(old: Config, new: Config) -> list[str]:
+    before, after = _flatten(msgspec.to_builtins(old)), _flatten(msgspec.to_builtins(new))
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))

@@ -1,0 +1,141 @@
+"""Facts about this host: cores, memory, GPUs, WSL2, vLLM. Config can override them (for tests)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+from sage_client.protocol import GpuInfo, NodeInfo
+from sage_daemon.core.config import NodesConfig
+
+__all__ = ["GpuInfo", "NodeInfo", "detect_node", "is_wsl2_host"]
+
+
+def _meminfo() -> dict[str, int]:
+    values: dict[str, int] = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts:
+                values[name] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
+    except OSError:
+        pass
+    return values
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (cgroup/affinity aware), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def is_wsl2_host(proc_version: Path = Path("/proc/version")) -> bool:
+    try:
+        text = proc_version.read_text().lower()
+    except OSError:
+        return False
+    return "microsoft" in text and ("wsl2" in text or "microsoft-standard" in text)
+
+
+def _gpus_from_nvml() -> list[GpuInfo] | None:
+    try:
+        import pynvml  # type: ignore[import-not-found]  # from nvidia-ml-py
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver: NVMLError_LibraryNotFound and friends
+        return None
+    try:
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            gpus.append(GpuInfo(index, name.decode() if isinstance(name, bytes) else name, int(memory.total), int(memory.free)))
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _gpus_from_nvidia_smi() -> list[GpuInfo] | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=index,name,memory.total,memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    gpus = []
+    for line in out.strip().splitlines():
+        index, name, total, free = (field.strip() for field in line.split(","))
+        gpus.append(GpuInfo(int(index), name, int(float(total)) * 2**20, int(float(free)) * 2**20))
+    return gpus
+
+
+@functools.lru_cache(maxsize=1)
+def _vllm_importable() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def detect_node(overrides: NodesConfig = NodesConfig()) -> NodeInfo:
+    """This host's facts, with the config's overrides applied and listed."""
+    notes: list[str] = []
+    memory = _meminfo()
+
+    if overrides.pretend_gpus >= 0:
+        size = int(overrides.pretend_gpu_memory_gb * 2**30)
+        gpus = [GpuInfo(i, "pretend GPU (config nodes.pretend_gpus)", size, size) for i in range(overrides.pretend_gpus)]
+        gpu_source = "config"
+        notes.append(f"gpus: {overrides.pretend_gpus} from config nodes.pretend_gpus")
+    else:
+        gpus, gpu_source = [], "none"
+        for source, finder in (("nvml", _gpus_from_nvml), ("nvidia-smi", _gpus_from_nvidia_smi)):
+            found = finder()
+            if found is not None:
+                gpus, gpu_source = found, source
+                break
+
+    wsl2 = is_wsl2_host()
+    if overrides.wsl2 != "auto":
+        wsl2 = overrides.wsl2 == "yes"
+        notes.append(f"wsl2: {overrides.wsl2} from config nodes.wsl2")
+
+    vllm = _vllm_importable()
+    if overrides.vllm != "auto":
+        vllm = overrides.vllm == "yes"
+        notes.append(f"vllm: {overrides.vllm} from config nodes.vllm")
+
+    return NodeInfo(
+        hostname=socket.gethostname(),
+        cpu_model=_cpu_model(),
+        cpu_count=cpu_count(),
+        memory_total_bytes=memory.get("MemTotal", 0),
+        memory_available_bytes=memory.get("MemAvailable", 0),
+        gpus=gpus,
+        gpu_source=gpu_source,
+        is_wsl2=wsl2,
+        vllm_available=vllm,
+        overrides=notes,
+    )

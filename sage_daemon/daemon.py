@@ -1,0 +1,206 @@
+"""The composition root: builds the services, opens both doors, and owns the one nursery tree.
+
+Shutdown: SIGTERM/SIGINT → stop accepting (both doors) → drain in-flight work for up to
+`daemon.drain_grace_s` → cancel the rest → exit 0. SIGHUP re-reads the config files and applies
+what can change live; the rest is reported as needing a restart.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+from contextlib import ExitStack
+from typing import Any
+
+import msgspec
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from sage_client import protocol as p
+from sage_client._version import __version__
+from sage_daemon.core.config import LIVE_KEYS, ConfigError, LoadedConfig, diff_keys, load_config
+from sage_daemon.core.lifecycle import Lifecycle
+from sage_daemon.core.logging import log, set_level
+from sage_daemon.core.nodes import detect_node
+from sage_daemon.core.paths import Paths, resolve_paths
+from sage_daemon.core.ports import PortInUseError, port_holder
+from sage_daemon.core.sdnotify import SystemdNotifier
+from sage_daemon.http.app import create_app
+from sage_daemon.rpc.handlers import make_handlers
+from sage_daemon.rpc.server import PeerPolicy, RpcServer, bind_unix_socket
+from sage_daemon.services import Services
+
+logger = logging.getLogger("sage.daemon")
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message says why and what to do. Exit code 1."""
+
+
+class AlreadyRunning(StartupError):
+    pass
+
+
+def acquire_lock(paths: Paths) -> int:
+    """Hold an exclusive lock on the runtime dir's lock file for the daemon's lifetime."""
+    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise AlreadyRunning(
+            f"another sage-daemon (pid {other}) is already running on {paths.runtime_dir}; "
+            "stop it first, or give this one its own paths.runtime_dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(host, port, port_holder(port)) from None
+        raise StartupError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Daemon:
+    def __init__(self, loaded: LoadedConfig, config_file: str | None = None, overrides: list[tuple[str, Any, str]] = ()):  # type: ignore[assignment]
+        self.loaded = loaded
+        self.config_file = config_file
+        self.overrides = list(overrides)
+        self.lifecycle = Lifecycle()
+        self.paths = resolve_paths(loaded.config)
+        self.notifier = SystemdNotifier()
+        self._http_shutdown = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until SIGTERM/SIGINT (or cancellation), then drain and return."""
+        config = self.loaded.config
+        with ExitStack() as stack:
+            self.paths.ensure()
+            lock_fd = acquire_lock(self.paths)
+            stack.callback(os.close, lock_fd)
+            http_sock = bind_tcp(config.http.host, config.http.port)
+            stack.callback(http_sock.close)
+            rpc_sock = await bind_unix_socket(self.paths.socket, config.rpc.group)
+            stack.callback(self._remove_socket)
+            stack.callback(rpc_sock.close)
+
+            host, port = http_sock.getsockname()[:2]
+            services = Services(
+                loaded=self.loaded,
+                paths=self.paths,
+                node=await trio.to_thread.run_sync(detect_node, config.nodes),
+                lifecycle=self.lifecycle,
+                http_url=f"http://{'[' + host + ']' if ':' in host else host}:{port}",
+            )
+            self.services = services
+            rpc = RpcServer(
+                make_handlers(services),
+                welcome=lambda: p.Welcome(p.PROTOCOL_VERSION, __version__, os.getpid(), services.http_url),
+                lifecycle=self.lifecycle,
+                peer_policy=PeerPolicy(config.rpc.group),
+                max_frame_bytes=config.rpc.max_frame_bytes,
+            )
+            hyper = HypercornConfig()
+            # Hypercorn closes the socket it is given: give it its own descriptor of ours.
+            hyper.bind = [f"fd://{os.dup(http_sock.fileno())}"]
+            hyper.graceful_timeout = config.daemon.drain_grace_s
+            hyper.accesslog = None
+            hyper.errorlog = logging.getLogger("sage.http.server")
+
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self._serve_http, create_app(services), hyper)
+                    rpc_scope = trio.CancelScope()
+                    await nursery.start(self._serve_rpc, rpc, rpc_sock, rpc_scope)
+                    self.lifecycle.state = "serving"
+                    log(logger, logging.INFO, "serving", http=services.http_url, socket=str(self.paths.socket), pid=os.getpid())
+                    self.notifier.ready(f"serving on {services.http_url} and {self.paths.socket}")
+                    if self.notifier.watchdog_interval_s:
+                        nursery.start_soon(self._watchdog)
+                    task_status.started(services)
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            await self.reload()
+                            continue
+                        log(logger, logging.INFO, "stopping", signal=signal.Signals(signum).name)
+                        break
+                    await self._drain(rpc_scope)
+                    nursery.cancel_scope.cancel()
+            log(logger, logging.INFO, "stopped")
+            self.notifier.close()
+
+    async def _serve_http(self, app: Any, hyper: HypercornConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await hypercorn_serve(app, hyper, shutdown_trigger=self._http_shutdown.wait, task_status=task_status)
+
+    async def _serve_rpc(self, rpc: RpcServer, sock: Any, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await rpc.serve(sock, task_status=task_status)
+
+    async def _drain(self, rpc_scope: trio.CancelScope) -> None:
+        grace = self.loaded.config.daemon.drain_grace_s
+        self.lifecycle.state = "draining"
+        self.notifier.stopping(f"draining {self.lifecycle.in_flight} requests")
+        self._http_shutdown.set()  # hypercorn stops accepting and finishes open requests
+        self._remove_socket()  # new RPC clients see "not running" instead of hanging
+        with trio.move_on_after(grace) as scope:
+            await self.lifecycle.wait_idle()
+        if scope.cancelled_caught:
+            log(logger, logging.WARNING, "drain grace over; cancelling the rest", in_flight=self.lifecycle.in_flight, grace_s=grace)
+        rpc_scope.cancel()
+
+    def _remove_socket(self) -> None:
+        try:
+            self.paths.socket.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            fresh = load_config(self.config_file, self.overrides)
+        except ConfigError as exc:
+            log(logger, logging.ERROR, "config reload failed; keeping the running config", error=str(exc))
+            self.notifier.status("serving (config reload failed)")
+            return
+        changed = diff_keys(self.loaded.config, fresh.config)
+        live = [key for key in changed if key in LIVE_KEYS]
+        restart = [key for key in changed if key not in LIVE_KEYS]
+        if live:
+            # Apply the live values on top of the running config; the rest waits for a restart.
+            running = msgspec.to_builtins(self.loaded.config)
+            new = msgspec.to_builtins(fresh.config)
+            for key in live:
+                section, name = key.split(".", 1)
+                running[section][name] = new[section][name]
+                self.loaded.sources[key] = fresh.sources.get(key, "built-in default")
+            self.loaded.config = msgspec.convert(running, type(self.loaded.config))
+            self.services.loaded = self.loaded
+            set_level(self.loaded.config.daemon.log_level)
+        self.lifecycle.notes = [f"config reload: {key} changed and needs a restart" for key in restart]
+        log(logger, logging.INFO, "config reloaded", applied=",".join(live) or "-", needs_restart=",".join(restart) or "-")
+        self.notifier.notify("READY=1", "STATUS=serving (config reloaded)")
+
+    async def _watchdog(self) -> None:
+        assert self.notifier.watchdog_interval_s
+        while True:
+            self.notifier.watchdog()
+            await trio.sleep(self.notifier.watchdog_interval_s)
+

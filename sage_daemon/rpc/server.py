@@ -1,0 +1,237 @@
+"""The Unix-socket RPC door: peer checks, framing, dispatch to handlers, streamed replies.
+
+Framing and message types live in `sage_client.protocol` (no I/O); this module is the trio
+adapter around them. A bad frame, an oversized frame or an unknown method gets a typed error
+on that connection only; nothing here can take the daemon or other connections down.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from sage_client import protocol as p
+from sage_daemon.core.lifecycle import Lifecycle
+from sage_daemon.core.logging import log
+
+logger = logging.getLogger("sage.rpc")
+HELLO_TIMEOUT_S = 10.0
+_PEERCRED = struct.Struct("3i")
+
+
+class RpcError(Exception):
+    """A typed error for the caller: `code` from protocol.ErrorCode."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ReplyStream:
+    """Handed to streaming handlers: each `send` becomes one Item frame of the reply."""
+
+    def __init__(self, connection: _Connection, request_id: int):
+        self._connection = connection
+        self._id = request_id
+
+    async def send(self, data: Any) -> None:
+        await self._connection.send(p.Item(self._id, msgspec.to_builtins(data)))
+
+
+Handler = Callable[[Any, ReplyStream], Awaitable[Any]]
+
+
+class PeerPolicy:
+    """Who may talk to the daemon: its own uid, root, and members of the configured group."""
+
+    def __init__(self, group: str = ""):
+        self.uid = os.geteuid()
+        self.group = group
+        self.gid = grp.getgrnam(group).gr_gid if group else None
+
+    def allows(self, uid: int, gid: int) -> bool:
+        if uid in (self.uid, 0):
+            return True
+        if self.gid is None:
+            return False
+        if gid == self.gid:
+            return True
+        try:
+            name = pwd.getpwuid(uid).pw_name
+            return name in grp.getgrgid(self.gid).gr_mem or pwd.getpwuid(uid).pw_gid == self.gid
+        except KeyError:
+            return False
+
+
+def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process on the other end of a Unix socket."""
+    return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+
+
+async def bind_unix_socket(path: Path, group: str = "") -> trio.socket.SocketType:
+    """Bind the RPC socket with mode 0600 (0660 and the group's ownership when a group is configured)."""
+    if path.exists() or path.is_symlink():
+        mode = path.lstat().st_mode
+        if not stat.S_ISSOCK(mode):
+            raise OSError(f"{path} exists and is not a socket; remove it or set rpc.socket to another path")
+        path.unlink()  # stale: our lock file says no daemon owns it
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # no window where the socket is open to others
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    if group:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(path, 0o660)
+    else:
+        os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+class RpcServer:
+    def __init__(
+        self,
+        handlers: dict[str, Handler],
+        welcome: Callable[[], p.Welcome],
+        lifecycle: Lifecycle,
+        peer_policy: PeerPolicy,
+        max_frame_bytes: int = p.DEFAULT_MAX_FRAME_BYTES,
+    ):
+        unknown = set(handlers) - set(p.METHODS)
+        assert not unknown, f"handlers for methods the protocol does not declare: {unknown}"
+        self.handlers = handlers
+        self.welcome = welcome
+        self.lifecycle = lifecycle
+        self.peer_policy = peer_policy
+        self.max_frame_bytes = max_frame_bytes
+        self.connections = 0
+
+    async def serve(self, sock: trio.socket.SocketType, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept connections until cancelled. Each connection is served in its own task."""
+        listener = trio.SocketListener(sock)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                stream = await listener.accept()
+                nursery.start_soon(self._serve_connection, stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        connection = _Connection(self, stream)
+        self.connections += 1
+        try:
+            await connection.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass  # the client went away
+        except Exception:
+            logger.exception("rpc connection failed")
+        finally:
+            self.connections -= 1
+            await trio.aclose_forcefully(stream)
+
+
+class _Connection:
+    def __init__(self, server: RpcServer, stream: trio.SocketStream):
+        self.server = server
+        self.stream = stream
+        self.decoder = p.FrameDecoder(server.max_frame_bytes)
+        self.send_lock = trio.Lock()
+
+    async def send(self, message: p.Message) -> None:
+        data = p.encode_frame(message)
+        async with self.send_lock:
+            await self.stream.send_all(data)
+
+    async def _next_message(self) -> p.Message | None:
+        """The next message, None at end of stream. Undecodable frames are answered here and skipped."""
+        while True:
+            body = self.decoder.next_frame()  # raises a fatal ProtocolError for oversized frames
+            if body is not None:
+                try:
+                    return p.decode_message(body)
+                except p.ProtocolError as exc:
+                    await self.send(p.Error(0, exc.code, exc.message))
+                    continue
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.decoder.feed(data)
+
+    async def run(self) -> None:
+        pid, uid, gid = peer_credentials(self.stream.socket)
+        if not self.server.peer_policy.allows(uid, gid):
+            log(logger, logging.WARNING, "rpc peer refused", pid=pid, uid=uid, gid=gid)
+            group = self.server.peer_policy.group
+            how = f"ask to be added to group {group!r}" if group else "set rpc.group in the daemon's config to let a group in"
+            await self.send(p.Error(0, p.ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon; {how}"))
+            return
+        try:
+            with trio.fail_after(HELLO_TIMEOUT_S):
+                first = await self._next_message()
+        except trio.TooSlowError:
+            await self.send(p.Error(0, p.ErrorCode.BAD_FRAME, f"no hello within {HELLO_TIMEOUT_S:.0f} s"))
+            return
+        except p.ProtocolError as exc:
+            await self.send(p.Error(0, exc.code, exc.message))
+            return
+        if first is None:
+            return
+        if not isinstance(first, p.Hello):
+            await self.send(p.Error(0, p.ErrorCode.BAD_FRAME, "the first message must be hello"))
+            return
+        if first.protocol != p.PROTOCOL_VERSION:
+            await self.send(
+                p.Error(0, p.ErrorCode.PROTOCOL_VERSION, f"client speaks protocol {first.protocol}, the daemon speaks {p.PROTOCOL_VERSION}: upgrade the older side")
+            )
+            return
+        await self.send(self.server.welcome())
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    message = await self._next_message()
+                except p.ProtocolError as exc:  # oversized frame: the stream can't be trusted
+                    await self.send(p.Error(0, exc.code, exc.message))
+                    break
+                if message is None:
+                    break
+                if not isinstance(message, p.Request):
+                    await self.send(p.Error(0, p.ErrorCode.BAD_FRAME, f"expected a request, got {type(message).__name__.lower()}"))
+                    continue
+                nursery.start_soon(self._dispatch, message)
+            # End of stream or a fatal frame: stop work started for this client.
+            nursery.cancel_scope.cancel()
+
+    async def _dispatch(self, request: p.Request) -> None:
+        server = self.server
+        spec = p.METHODS.get(request.method)
+        handler = server.handlers.get(request.method)
+        try:
+            if not server.lifecycle.accepting:
+                raise RpcError(p.ErrorCode.SHUTTING_DOWN, "the daemon is shutting down; retry once it is back")
+            params = p.decode_params(request.method, request.params)
+            if handler is None or spec is None:
+                raise RpcError(p.ErrorCode.UNKNOWN_METHOD, f"method {request.method!r} is not served by this daemon")
+            with server.lifecycle.track():  # until the reply is sent, so the drain waits for it
+                result = await handler(params, ReplyStream(self, request.id))
+                payload = msgspec.to_builtins(result)
+                await self.send(p.End(request.id, payload) if spec.streaming else p.Reply(request.id, payload))
+        except (RpcError, p.ProtocolError) as exc:
+            await self.send(p.Error(request.id, exc.code, exc.message))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception as exc:  # our bug: log it with the request, answer typed
+            logger.exception("rpc handler failed", extra={"fields": {"method": request.method, "id": request.id}})
+            await self.send(p.Error(request.id, p.ErrorCode.INTERNAL, f"internal error in {request.method}: {type(exc).__name__}: {exc}"))
