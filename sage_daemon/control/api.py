@@ -1,0 +1,109 @@
+"""What callers (HTTP routes, RPC handlers, job stages) see of the control plane.
+
+Every request goes through `ControlPlane`: it is classified (kind, priority, deadline), queued
+with a bound, admitted by the active policy, and run on an engine from the pool. Errors are
+typed so each door can answer in its own shape (OpenAI errors on HTTP, codes on RPC).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Literal
+
+import msgspec
+
+RequestKind = Literal["chat", "completion", "embedding"]
+
+
+class Priority(enum.IntEnum):
+    """Lower value = more urgent. Job stages default to BACKGROUND."""
+
+    CRITICAL = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+    BACKGROUND = 4
+
+    @classmethod
+    def parse(cls, text: str) -> Priority:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            names = ", ".join(p.name.lower() for p in cls)
+            raise InvalidRequestError(f"invalid priority {text!r}: use one of {names}", param="priority") from None
+
+
+class RequestMeta(msgspec.Struct):
+    """How a request is to be scheduled; built by the door from headers, metadata or the caller."""
+
+    request_id: str
+    priority: Priority = Priority.NORMAL
+    deadline_s: float | None = None  # relative to arrival, from X-SAGE-Deadline-Ms
+    caller: str = "http"  # http | rpc | job
+    arrival: float = msgspec.field(default_factory=time.monotonic)
+    keep_alive_s: float | None = None  # per-request keep-alive of the model (Ollama's keep_alive)
+
+    @property
+    def deadline_at(self) -> float | None:
+        return None if self.deadline_s is None else self.arrival + self.deadline_s
+
+
+class ControlPlaneError(Exception):
+    """Base of the typed errors. `status` is the HTTP status a door should answer with."""
+
+    status = 500
+    code = "internal_error"
+    type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequestError(ControlPlaneError):
+    status, code, type = 400, "invalid_request", "invalid_request_error"
+
+
+class ModelNotFoundError(ControlPlaneError):
+    status, code, type = 404, "model_not_found", "invalid_request_error"
+
+
+class QueueFullError(ControlPlaneError):
+    status, code, type = 429, "queue_full", "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(ControlPlaneError):
+    status, code, type = 504, "deadline_exceeded", "timeout_error"
+
+
+class EngineUnavailableError(ControlPlaneError):
+    status, code, type = 503, "engine_unavailable", "server_error"
+
+
+class ShuttingDownError(ControlPlaneError):
+    status, code, type = 503, "shutting_down", "server_error"
+
+
+class ModelInfo(msgspec.Struct):
+    """A configured model, loaded or not (GET /v1/models, sagectl models / ps)."""
+
+    id: str
+    kind: Literal["llm", "embedding"]
+    backend: str  # the backend chosen (llamacpp, vllm, sentence-transformers, remote)
+    state: str  # stopped | loading | ready | draining | error
+    owned_by: str = "sage"
+    created: int = 0
+    reason: str = ""  # why this backend (e.g. "no GPU: llama.cpp on CPU"), or the error
+    device: str = "cpu"
+    slots_busy: int = 0
+    slots_total: int = 0
+    keep_alive_until: float | None = None  # wall-clock time; None = not loaded or forever
+    n_ctx: int = 0
+    dimensions: int = 0
+    chat_template: bool = False
