@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Literal
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol
 
 import msgspec
+
+from sage_daemon.engines.base import EmbeddingResult, GenerationChunk, GenerationRequest
 
 RequestKind = Literal["chat", "completion", "embedding"]
 
@@ -107,3 +110,48 @@ class ModelInfo(msgspec.Struct):
     n_ctx: int = 0
     dimensions: int = 0
     chat_template: bool = False
+
+
+class HealthReport(msgspec.Struct):
+    """Whether the daemon can serve: ok only when every required engine can (GET /health)."""
+
+    ok: bool
+    reasons: list[str]  # why not, one line each ("model smollm2: loading", "engine minilm died: ...")
+    models: list[ModelInfo]
+
+
+class QueueEntry(msgspec.Struct):
+    request_id: str
+    model: str
+    kind: RequestKind
+    priority: str
+    position: int  # 0 = next to be admitted
+    waited_s: float
+    estimated_wait_s: float | None
+
+
+class ControlPlaneAPI(Protocol):
+    """The surface the doors call. Typed errors (ControlPlaneError subclasses) come out of every
+    method before any output is produced, except DeadlineExceededError and EngineUnavailableError,
+    which can also end a generation stream that was already admitted."""
+
+    def list_models(self) -> list[ModelInfo]: ...
+
+    def get_model(self, name: str) -> ModelInfo:
+        """Raises ModelNotFoundError naming the configured models."""
+
+    async def generate(self, model: str, kind: RequestKind, request: GenerationRequest, meta: RequestMeta) -> AsyncIterator[GenerationChunk]:
+        """Validate (model exists and is an LLM, chat template present for chat, context fits),
+        enqueue (QueueFullError with retry_after_s when the queue is at its bound), wait for
+        admission by the policy, then stream chunks. Must be called as
+        `stream = await plane.generate(...)`; iterating `stream` yields GenerationChunk; closing
+        it (or cancelling the consumer) leaves the queue or frees the slot at once."""
+
+    async def embed(self, model: str, inputs: list[str] | list[list[int]], meta: RequestMeta) -> EmbeddingResult:
+        """Batched with other embedding requests to the same model by the policy."""
+
+    def tokenize(self, model: str, text: str) -> list[int]: ...
+
+    def health(self) -> HealthReport: ...
+
+    def queue(self) -> list[QueueEntry]: ...
