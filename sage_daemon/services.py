@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sage_client.protocol import NodeInfo
+from sage_daemon.control.plane import ControlPlane
 from sage_daemon.core.config import LoadedConfig
 from sage_daemon.core.lifecycle import Lifecycle
 from sage_daemon.core.paths import Paths
@@ -17,6 +18,7 @@ class Services:
     paths: Paths
     node: NodeInfo
     lifecycle: Lifecycle
+    control: ControlPlane
     http_url: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
 
