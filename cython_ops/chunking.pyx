@@ -10,7 +10,7 @@ are materialised, as substrings. The whole range computation runs without the GI
 """
 
 from libcpp.vector cimport vector
-from libc.string cimport memchr
+from libc.string cimport memchr, memcpy
 
 cdef extern from "Python.h":
     int PyUnicode_READY(object o) except -1
@@ -20,6 +20,8 @@ cdef extern from "Python.h":
     Py_UCS4 PyUnicode_READ(int kind, const void* data, Py_ssize_t index) nogil
     bint Py_UNICODE_ISSPACE(Py_UCS4 ch) nogil
     object PyUnicode_Substring(object s, Py_ssize_t start, Py_ssize_t end)
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    bint PyUnicode_IS_ASCII(object o)
 
 cdef extern from "Python.h":
     ctypedef unsigned short Py_UCS2
@@ -297,14 +299,69 @@ cdef _Splitter _run(object text, object chunk_size, object chunk_overlap, object
     return sp
 
 
+
+cdef object _substring(object text, int kind, const void* data, bint ascii, Py_ssize_t a, Py_ssize_t b):
+    """text[a:b] (b > a). CPython's own slicing scans wide strings for their max char with an
+    early-exit loop; an OR-reduction (vectorisable) gives the same canonical kind, because each
+    kind boundary (128, 256, 65536) is a power of two."""
+    cdef Py_ssize_t n = b - a, i
+    cdef object res
+    cdef const unsigned char* s1
+    cdef const Py_UCS2* s2
+    cdef const unsigned int* s4
+    cdef unsigned char* d1
+    cdef Py_UCS2* d2
+    cdef unsigned int mx = 0
+    if kind == 1:
+        s1 = (<const unsigned char*> data) + a
+        if not ascii:
+            for i in range(n):
+                mx |= s1[i]
+        res = PyUnicode_New(n, 127 if ascii or mx < 128 else 255)
+        memcpy(PyUnicode_DATA(res), s1, n)
+        return res
+    if kind == 2:
+        s2 = (<const Py_UCS2*> data) + a
+        for i in range(n):
+            mx |= s2[i]
+        if mx >= 256:
+            res = PyUnicode_New(n, 65535)
+            memcpy(PyUnicode_DATA(res), s2, n * 2)
+            return res
+        res = PyUnicode_New(n, 127 if mx < 128 else 255)
+        d1 = <unsigned char*> PyUnicode_DATA(res)
+        for i in range(n):
+            d1[i] = <unsigned char> s2[i]
+        return res
+    s4 = (<const unsigned int*> data) + a
+    for i in range(n):
+        mx |= s4[i]
+    if mx >= 65536:
+        res = PyUnicode_New(n, 0x10FFFF)
+        memcpy(PyUnicode_DATA(res), s4, n * 4)
+    elif mx >= 256:
+        res = PyUnicode_New(n, 65535)
+        d2 = <Py_UCS2*> PyUnicode_DATA(res)
+        for i in range(n):
+            d2[i] = <Py_UCS2> s4[i]
+    else:
+        res = PyUnicode_New(n, 127 if mx < 128 else 255)
+        d1 = <unsigned char*> PyUnicode_DATA(res)
+        for i in range(n):
+            d1[i] = <unsigned char> s4[i]
+    return res
+
+
 cdef list _materialise(_Splitter sp, str text, list separators, list offsets):
     cdef list out = []
     cdef Chunk c
-    cdef Py_ssize_t j, pos, lead
+    cdef Py_ssize_t j, pos, lead, ci
     cdef str joined, stripped
-    for c in sp.chunks:
+    cdef bint ascii = PyUnicode_IS_ASCII(text)
+    for ci in range(<Py_ssize_t> sp.chunks.size()):
+        c = sp.chunks[ci]
         if c.plo < 0:
-            out.append(PyUnicode_Substring(text, c.start, c.end))
+            out.append(_substring(text, sp.kind, sp.data, ascii, c.start, c.end))
             if offsets is not None:
                 offsets.append(c.start)
             continue
@@ -358,3 +415,4 @@ def chunk_text_with_offsets(text, chunk_size, chunk_overlap, separators=None, ke
     offsets = []
     chunks = _materialise(sp, text, seps, offsets)
     return chunks, offsets
+

@@ -9,7 +9,7 @@ row blocks for a batch (compute-bound). A bounded min-heap per query keeps the k
 
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport sqrtf, fabsf
+from libc.math cimport sqrtf, fabsf, NAN
 from libc.stdlib cimport malloc, free
 from scipy.linalg.cython_blas cimport sgemm, sgemv
 
@@ -230,8 +230,13 @@ cdef Py_ssize_t _topk_kernel(const float* X, Py_ssize_t n, Py_ssize_t d, const f
                         acc = acc + row[c] * row[c]
                     nrm = sqrtf(acc)
                     for j in range(m):
-                        # A zero row has no direction: cosine 0 (its dot product is 0 too).
-                        scores[j * nb + r] = scores[j * nb + r] / nrm if nrm > 0 else 0.0
+                        if nrm > 0 and nrm <= FLT_MAX:
+                            scores[j * nb + r] = scores[j * nb + r] / nrm
+                        elif nrm == 0:
+                            # A zero row has no direction: cosine 0 (its dot product is 0 too).
+                            scores[j * nb + r] = 0.0
+                        else:
+                            scores[j * nb + r] = NAN   # NaN/inf in the row: reported by _scan
             for j in range(m):
                 c = _scan(scores + j * nb, nb, r0, hs + j * k, hi + j * k, sizes + j, k)
                 if c >= 0:

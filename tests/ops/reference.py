@@ -137,6 +137,8 @@ def bm25_scores(docs: list[list[str]], query: list[str], k1: float = 1.5, b: flo
         s = 0.0
         for w in query:
             f = tf.get(w, 0)
+            if f == 0:
+                continue  # an absent term adds nothing (rank_bm25 may compute 0/0 here)
             s += idf.get(w, 0.0) * (f * (k1 + 1) / (f + k1 * (1 - b + b * len(d) / avgdl)))
         scores.append(s)
     return scores
