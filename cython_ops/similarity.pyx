@@ -20,8 +20,15 @@ cdef extern from "float.h":
 
 # Rows per sgemm block in the batch path: the block's scores (BLOCK x m floats) stay in cache
 # while the heaps consume them.
-cdef enum:
-    BLOCK = 4096
+cdef Py_ssize_t BLOCK = 4096
+
+
+def _set_block_rows(Py_ssize_t rows):
+    """Tuning hook for benchmarks: rows per sgemm block in the batch path."""
+    global BLOCK
+    if rows <= 0:
+        raise ValueError("rows must be > 0")
+    BLOCK = rows
 
 
 cdef inline bint _worse(float sa, long long ia, float sb, long long ib) noexcept nogil:
