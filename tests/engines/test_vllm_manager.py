@@ -163,3 +163,16 @@ async def test_restarts_stop_after_the_limit(nursery: trio.Nursery) -> None:
     assert "exited with code 5" in health.detail
     assert group_gone(pgid)
     await engine.unload()
+
+
+async def test_port_choice_is_wsl2_aware(nursery: trio.Nursery) -> None:
+    from sage_daemon.core.ports import SagePorts, is_port_free
+
+    on_wsl = VllmEngine(VllmSpec(name="m", model="m"), nursery=nursery, is_wsl2=True)
+    port = on_wsl._choose_port()
+    if is_port_free("127.0.0.1", SagePorts.LLM_WSL_FALLBACK):
+        assert port == SagePorts.LLM_WSL_FALLBACK  # 8901, not 8001, on WSL2
+    else:
+        assert port in SagePorts.ENGINE_RANGE
+    pinned = VllmEngine(VllmSpec(name="m", model="m", port=8123), nursery=nursery)
+    assert pinned._choose_port() == 8123
