@@ -99,7 +99,14 @@ class _IdleSlot:
 class BatchScheduler:
     """Admission into `n_slots` slots, prefix reuse, and the per-step token budget."""
 
-    def __init__(self, n_slots: int, token_budget: int, prefix_block_size: int = 16, min_reuse_tokens: int | None = None):
+    def __init__(
+        self,
+        n_slots: int,
+        token_budget: int,
+        prefix_block_size: int = 16,
+        min_reuse_tokens: int | None = None,
+        prefix_reuse: bool = True,
+    ):
         if n_slots < 1 or token_budget < 1:
             raise ValueError("n_slots and token_budget must be >= 1")
         self.n_slots = n_slots
@@ -109,6 +116,7 @@ class BatchScheduler:
         self.idle: dict[int, _IdleSlot] = {}  # slot -> tokens kept from a finished sequence
         self.prefix_index = PrefixIndex(prefix_block_size)
         self.min_reuse_tokens = prefix_block_size if min_reuse_tokens is None else min_reuse_tokens
+        self.prefix_reuse = prefix_reuse
         self._clock = itertools.count()
         self._seq_numbers = itertools.count()
 
@@ -228,7 +236,9 @@ class BatchScheduler:
         sources: dict[int, npt.NDArray[np.int32]] = {slot: s.kv_tokens() for slot, s in self.running.items()}
         for slot, idle in sorted(self.idle.items(), key=lambda kv: -kv[1].last_used):
             sources[slot] = idle.tokens
-        match = self.prefix_index.best_match(reusable, sources, self.min_reuse_tokens) if len(reusable) else None
+        match = None
+        if self.prefix_reuse and len(reusable):
+            match = self.prefix_index.best_match(reusable, sources, self.min_reuse_tokens)
 
         if match is not None and match.slot in self.idle and (not free or match.n_tokens == len(self.idle[match.slot].tokens)):
             # Reuse the idle slot in place (a multi-turn chat continuing its own cache).

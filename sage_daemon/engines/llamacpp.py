@@ -61,6 +61,7 @@ class LlamaCppSpec(msgspec.Struct, frozen=True, kw_only=True):
     n_batch: int = 512  # tokens per decode step, shared by decoding and prefilling sequences
     chat_format: str | None = None  # a Jinja chat template overriding the GGUF's
     flash_attn: bool | None = None  # None: llama.cpp decides
+    prefix_reuse: bool = True  # copy a cached shared prompt prefix instead of prefilling it
     prefix_block_size: int = 16  # prefix-reuse granularity of the hash lookup (exact match after)
     n_gpu_layers: int = 0
 
@@ -304,7 +305,9 @@ class LlamaCppEngine:
                 raise EngineError(f"could not load {self.name!r}: {exc}") from exc
             self._model = model
             self._chat_formatter = self._make_chat_formatter(model)
-            self._scheduler = BatchScheduler(self.parallel, model.n_batch, self.spec.prefix_block_size)
+            self._scheduler = BatchScheduler(
+                self.parallel, model.n_batch, self.spec.prefix_block_size, prefix_reuse=self.spec.prefix_reuse
+            )
             with self._cond:
                 self._inbox = []
                 self._stopping = False
@@ -376,6 +379,11 @@ class LlamaCppEngine:
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """Token ids of `text` as a completion prompt would get them (BOS when the model wants one)."""
         return self._require_model().tokenize(text, add_special, True).tolist()
+
+    def detokenize(self, token_ids: list[int] | tuple[int, ...]) -> str:
+        """The text of generated token ids, as the stream emits it (special tokens render as nothing)."""
+        model = self._require_model()
+        return b"".join(model.piece(t) for t in token_ids).decode("utf-8", errors="replace")
 
     def has_chat_template(self) -> bool:
         if self.spec.chat_format:
@@ -563,8 +571,8 @@ class LlamaCppEngine:
             for stream, batch_index in outputs:
                 token = stream.sampler.sample(model.ctx, batch_index)  # type: ignore[attr-defined]
                 self._on_token(model, scheduler, stream, token, outbox)
+            self._publish(scheduler)  # before delivering: a caller that saw its final chunk sees its slot freed
             self._deliver(outbox)
-            self._publish(scheduler)
 
     def _decode_batch(self, model: _Model, n_tokens: int) -> None:
         """One llama_decode of the filled batch, holding the step gate only for its duration."""

@@ -24,8 +24,10 @@ class Utf8StreamDecoder:
         return self._decoder.decode(piece, final=False)
 
     def flush(self) -> str:
-        """What is left at the end of the stream (an incomplete character becomes U+FFFD)."""
-        return self._decoder.decode(b"", final=True)
+        """End of stream: an incomplete trailing character (cut by max_tokens) is dropped, not
+        turned into U+FFFD, so a stream never ends in a broken character."""
+        self._decoder.reset()
+        return ""
 
 
 class StopStringMatcher:
