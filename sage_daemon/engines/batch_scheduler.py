@@ -106,6 +106,7 @@ class BatchScheduler:
         prefix_block_size: int = 16,
         min_reuse_tokens: int | None = None,
         prefix_reuse: bool = True,
+        idle_cache_tokens: int | None = None,
     ):
         if n_slots < 1 or token_budget < 1:
             raise ValueError("n_slots and token_budget must be >= 1")
@@ -117,6 +118,9 @@ class BatchScheduler:
         self.prefix_index = PrefixIndex(prefix_block_size)
         self.min_reuse_tokens = prefix_block_size if min_reuse_tokens is None else min_reuse_tokens
         self.prefix_reuse = prefix_reuse
+        # Cells kept by idle slots are attended (masked) by every later decode step of the
+        # unified cache, so their total is bounded: least recently used slots go first.
+        self.idle_cache_tokens = idle_cache_tokens
         self._clock = itertools.count()
         self._seq_numbers = itertools.count()
 
@@ -156,7 +160,19 @@ class BatchScheduler:
         if len(tokens) == 0:
             return [KvTrim(slot, 0)]
         self.idle[slot] = _IdleSlot(tokens=tokens, last_used=next(self._clock))
-        return []
+        return self._enforce_idle_budget()
+
+    def _enforce_idle_budget(self) -> list[KvOp]:
+        if self.idle_cache_tokens is None:
+            return []
+        ops: list[KvOp] = []
+        total = sum(len(idle.tokens) for idle in self.idle.values())
+        while self.idle and total > self.idle_cache_tokens:
+            lru = min(self.idle, key=lambda s: self.idle[s].last_used)
+            total -= len(self.idle.pop(lru).tokens)
+            self.prefix_index.forget(lru)
+            ops.append(KvTrim(lru, 0))
+        return ops
 
     def abort(self, seq: Sequence) -> list[KvOp]:
         """A sequence was cancelled or failed: drop it and clear its cells at once."""

@@ -63,6 +63,9 @@ class LlamaCppSpec(msgspec.Struct, frozen=True, kw_only=True):
     flash_attn: bool | None = None  # None: llama.cpp decides
     prefix_reuse: bool = True  # copy a cached shared prompt prefix instead of prefilling it
     prefix_block_size: int = 16  # prefix-reuse granularity of the hash lookup (exact match after)
+    # Tokens that finished sequences may keep cached for reuse (None: up to n_ctx). Every decode
+    # step attends over all used cells of the unified cache, so idle caches cost some speed.
+    idle_cache_tokens: int | None = None
     n_gpu_layers: int = 0
 
 
@@ -306,7 +309,11 @@ class LlamaCppEngine:
             self._model = model
             self._chat_formatter = self._make_chat_formatter(model)
             self._scheduler = BatchScheduler(
-                self.parallel, model.n_batch, self.spec.prefix_block_size, prefix_reuse=self.spec.prefix_reuse
+                self.parallel,
+                model.n_batch,
+                self.spec.prefix_block_size,
+                prefix_reuse=self.spec.prefix_reuse,
+                idle_cache_tokens=self.n_ctx if self.spec.idle_cache_tokens is None else self.spec.idle_cache_tokens,
             )
             with self._cond:
                 self._inbox = []

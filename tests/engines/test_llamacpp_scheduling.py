@@ -162,6 +162,17 @@ def test_without_free_slots_the_least_recently_used_idle_slot_is_evicted() -> No
     assert 1 in sched.idle
 
 
+def test_idle_caches_beyond_their_token_budget_are_evicted_oldest_first() -> None:
+    sched = BatchScheduler(n_slots=4, token_budget=256, prefix_block_size=4, idle_cache_tokens=25)
+    a, b, c = seq(range(100, 110)), seq(range(200, 210)), seq(range(300, 310))
+    for s in (a, b, c):
+        sched.add(s)
+    run_to_decode(sched)
+    assert sched.finish(a) == [] and sched.finish(b) == []  # 20 cached tokens: within budget
+    assert sched.finish(c) == [KvTrim(a.slot, 0)]  # 30 > 25: the oldest idle cache goes
+    assert sorted(sched.idle) == [b.slot, c.slot]
+
+
 def test_partial_match_on_an_idle_slot_copies_when_a_slot_is_free() -> None:
     sched = BatchScheduler(n_slots=2, token_budget=256, prefix_block_size=4)
     system = list(range(1, 33))
