@@ -8,7 +8,8 @@ Lookup in two stages: block hashes (`cython_ops.prefix_hashes`, a chained hash p
 block of `block_size` tokens, so hash i covers tokens[: (i + 1) * block_size]) pick the
 candidate slot cheaply and in C, then `cython_ops.longest_common_prefix` measures the exact
 match, which also guards against hash collisions and extends the match into the last,
-partial block. When the Cython extension is not built, pure-Python equivalents are used.
+partial block. In a checkout whose extensions are not built yet, pure-Python equivalents keep
+the engine working (slower lookups; the tests check the compiled path is the one in use).
 """
 
 from __future__ import annotations

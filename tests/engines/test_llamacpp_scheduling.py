@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sage_daemon.engines.batch_scheduler import BatchScheduler, KvCopy, KvTrim, Sequence, SeqStatus
-from sage_daemon.engines.prefix_cache import PrefixIndex, _lcp_py, _prefix_hashes_py, longest_common_prefix, prefix_hashes
+from sage_daemon.engines.prefix_cache import HAVE_CYTHON_OPS, PrefixIndex, _lcp_py, _prefix_hashes_py, longest_common_prefix, prefix_hashes
 from sage_daemon.engines.text_stream import StopStringMatcher, Utf8StreamDecoder
 
 
@@ -202,6 +202,14 @@ def test_prefix_hashes_and_lcp_agree_with_the_reference() -> None:
     assert (ha[:2] == hb[:2]).all() and (ha[2:] != hb[2:]).all()  # block 2 holds token 37
     ref = _prefix_hashes_py(a, 16)
     assert len(ref) == 6 and (ref[:2] == _prefix_hashes_py(b, 16)[:2]).all()
+
+
+def test_prefix_lookup_runs_on_the_compiled_cython_operators() -> None:
+    import cython_ops
+
+    assert HAVE_CYTHON_OPS
+    tokens = np.arange(64, dtype=np.int32)
+    assert (prefix_hashes(tokens, 16) == cython_ops.prefix_hashes(tokens, 16)).all()
 
 
 def test_prefix_index_picks_the_longest_exact_match() -> None:
