@@ -197,7 +197,6 @@ class _Model:
             template = llama_cpp.llama_model_chat_template(self.model, None)
             self.gguf_chat_template = template.decode("utf-8") if template else None
             self._pieces: dict[int, bytes] = {}
-            self._piece_buf = ctypes.create_string_buffer(256)
         except BaseException:
             self.free()
             raise
@@ -213,14 +212,14 @@ class _Model:
         cached = self._pieces.get(token)
         if cached is not None:
             return cached
-        n = self.lib.llama_token_to_piece(self.vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        # A buffer per miss (not a shared one): detokenize() runs on other threads than the loop.
+        buf = ctypes.create_string_buffer(64)
+        n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
             n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-            piece = buf.raw[:n]
-        else:
-            piece = self._piece_buf.raw[:n]
-        self._pieces[token] = piece
+        piece = buf.raw[:n]
+        self._pieces[token] = piece  # one dict store: atomic under the GIL
         return piece
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool) -> npt.NDArray[np.int32]:
