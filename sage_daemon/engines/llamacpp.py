@@ -44,7 +44,7 @@ from .base import (
     SamplingParams,
     StepGate,
 )
-from .batch_scheduler import BatchScheduler, KvCopy, KvOp, KvTrim, Sequence, SeqStatus
+from .batch_scheduler import BatchScheduler, KvCopy, KvOp, KvTrim, Sequence
 from .text_stream import StopStringMatcher, Utf8StreamDecoder
 
 log = logging.getLogger(__name__)

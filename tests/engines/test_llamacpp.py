@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.resources
 import threading
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import trio

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from sage_daemon.engines.batch_scheduler import BatchScheduler, KvCopy, KvTrim, Sequence, SeqStatus
 from sage_daemon.engines.prefix_cache import HAVE_CYTHON_OPS, PrefixIndex, _lcp_py, _prefix_hashes_py, longest_common_prefix, prefix_hashes
