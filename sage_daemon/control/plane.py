@@ -36,8 +36,6 @@ from sage_daemon.control.policies import POLICIES, Admit, BatchLimits, Expire, P
 from sage_daemon.core.config import ControlConfig
 from sage_daemon.core.logging import log
 from sage_daemon.engines.base import (
-    ChatTemplateMissingError,
-    ContextOverflowError,
     EmbeddingResult,
     EngineError,
     GenerationChunk,
@@ -246,7 +244,7 @@ class ControlPlane:
             engine = await stack.enter_async_context(self.pool.use(model, meta.keep_alive_s))
             try:
                 prepared = engine.prepare(request) if hasattr(engine, "prepare") else request
-            except (ContextOverflowError, ChatTemplateMissingError) as exc:
+            except ValueError as exc:  # ContextOverflowError, ChatTemplateMissingError, bad token ids
                 param = "messages" if request.messages is not None else "prompt"
                 raise InvalidRequestError(str(exc), param=param) from None
             tokens = len(prepared.prompt_tokens or ())

@@ -444,6 +444,20 @@ class LlamaCppEngine:
             tokens = np.array([model.bos], dtype=np.int32)
         return tokens
 
+    def prepare(self, request: GenerationRequest) -> GenerationRequest:
+        """Validate and tokenize before the request is queued: the same request with prompt_tokens.
+
+        Raises ContextOverflowError, ChatTemplateMissingError or ValueError (a client's 400),
+        EngineError if the engine is not serving.
+        """
+        model = self._require_model()
+        if request.sampling.max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        tokens = self._prompt_tokens(model, request)
+        if len(tokens) + request.sampling.max_tokens > self.n_ctx:
+            raise ContextOverflowError(len(tokens), request.sampling.max_tokens, self.n_ctx)
+        return msgspec.structs.replace(request, prompt=None, messages=None, prompt_tokens=tuple(tokens.tolist()))
+
     # -- generation ----------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:

@@ -20,52 +20,16 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-try:  # the compiled operators (helper branch `ops`); optional at import time
-    from cython_ops.prefix import longest_common_prefix as _lcp_c  # type: ignore[import-not-found]
-    from cython_ops.prefix import prefix_hashes as _prefix_hashes_c  # type: ignore[import-not-found]
-
-    HAVE_CYTHON_OPS = True
-except ImportError:  # pragma: no cover - depends on the build
-    _lcp_c = None
-    _prefix_hashes_c = None
-    HAVE_CYTHON_OPS = False
-
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
-_MASK = (1 << 64) - 1
-
-
-def _prefix_hashes_py(tokens: npt.NDArray[np.int32], block_size: int) -> npt.NDArray[np.uint64]:
-    """Chained FNV-1a over token ids, one value per full block (the reference, slow path)."""
-    n_blocks = len(tokens) // block_size
-    out = np.empty(n_blocks, dtype=np.uint64)
-    h = int(_FNV_OFFSET)
-    prime = int(_FNV_PRIME)
-    for b in range(n_blocks):
-        for t in tokens[b * block_size : (b + 1) * block_size].tolist():
-            h = ((h ^ (t & 0xFFFFFFFF)) * prime) & _MASK
-        out[b] = h
-    return out
-
-
-def _lcp_py(a: npt.NDArray[np.int32], b: npt.NDArray[np.int32]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(a[:n] != b[:n])
-    return int(diff[0]) if len(diff) else n
+from cython_ops import longest_common_prefix as _longest_common_prefix
+from cython_ops import prefix_hashes as _prefix_hashes
 
 
 def prefix_hashes(tokens: npt.NDArray[np.int32], block_size: int) -> npt.NDArray[np.uint64]:
-    if _prefix_hashes_c is not None:
-        return np.asarray(_prefix_hashes_c(tokens, block_size), dtype=np.uint64)
-    return _prefix_hashes_py(tokens, block_size)
+    return np.asarray(_prefix_hashes(tokens, block_size), dtype=np.uint64)
 
 
 def longest_common_prefix(a: npt.NDArray[np.int32], b: npt.NDArray[np.int32]) -> int:
-    if _lcp_c is not None:
-        return int(_lcp_c(a, b))
-    return _lcp_py(a, b)
+    return int(_longest_common_prefix(a, b))
 
 
 def as_token_array(tokens: Sequence[int] | npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:

@@ -37,14 +37,16 @@ def test_seed_port_constants_and_wsl2_choice() -> None:
 
 
 def test_free_port_search_skips_taken_ports() -> None:
-    first = SagePorts.find_free_port()
-    assert first in SagePorts.ENGINE_RANGE
     with socket.socket() as holder:
-        holder.bind(("127.0.0.1", first))
+        holder.bind(("127.0.0.1", 0))  # another test may take any fixed port: let the kernel pick
         holder.listen()
-        assert not is_port_free("127.0.0.1", first)
-        assert "pid" in port_holder(first)
-        assert SagePorts.find_free_port() != first
+        taken = holder.getsockname()[1]
+        assert not is_port_free("127.0.0.1", taken)
+        assert "pid" in port_holder(taken)
+        window = range(taken, taken + 50)
+        found = SagePorts.find_free_port(ports=window)
+        assert found != taken and found in window and is_port_free("127.0.0.1", found)
+    assert SagePorts.find_free_port() in SagePorts.ENGINE_RANGE
 
 
 def test_node_overrides_pretend_gpu_and_wsl2() -> None:
