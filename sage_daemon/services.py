@@ -8,6 +8,7 @@ from typing import Any
 from sage_client.protocol import NodeInfo
 from sage_daemon.core.config import LoadedConfig
 from sage_daemon.core.lifecycle import Lifecycle
+from sage_daemon.core.metrics import Metrics
 from sage_daemon.core.paths import Paths
 
 
@@ -18,6 +19,7 @@ class Services:
     node: NodeInfo
     lifecycle: Lifecycle
     http_url: str = ""
+    metrics: Metrics = field(default_factory=Metrics)  # the daemon's Prometheus registry (GET /metrics)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
