@@ -14,7 +14,22 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from sage_daemon.engines.base import EmbeddingResult, GenerationChunk, GenerationRequest
+from sage_daemon.core.errors import (
+    ControlPlaneError,
+    DeadlineExceededError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    QueueFullError,
+    ShuttingDownError,
+)
+from sage_daemon.engines.base import EmbeddingResult, GenerationChunk, GenerationRequest, ModelInfo
+
+__all__ = [
+    "ControlPlaneAPI", "ControlPlaneError", "DeadlineExceededError", "EngineUnavailableError", "HealthReport",
+    "InvalidRequestError", "ModelInfo", "ModelNotFoundError", "Priority", "QueueEntry", "QueueFullError",
+    "RequestKind", "RequestMeta", "ShuttingDownError",
+]
 
 RequestKind = Literal["chat", "completion", "embedding"]
 
@@ -50,66 +65,6 @@ class RequestMeta(msgspec.Struct):
     @property
     def deadline_at(self) -> float | None:
         return None if self.deadline_s is None else self.arrival + self.deadline_s
-
-
-class ControlPlaneError(Exception):
-    """Base of the typed errors. `status` is the HTTP status a door should answer with."""
-
-    status = 500
-    code = "internal_error"
-    type = "server_error"
-
-    def __init__(self, message: str, *, param: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-class InvalidRequestError(ControlPlaneError):
-    status, code, type = 400, "invalid_request", "invalid_request_error"
-
-
-class ModelNotFoundError(ControlPlaneError):
-    status, code, type = 404, "model_not_found", "invalid_request_error"
-
-
-class QueueFullError(ControlPlaneError):
-    status, code, type = 429, "queue_full", "rate_limit_error"
-
-    def __init__(self, message: str, *, retry_after_s: float):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class DeadlineExceededError(ControlPlaneError):
-    status, code, type = 504, "deadline_exceeded", "timeout_error"
-
-
-class EngineUnavailableError(ControlPlaneError):
-    status, code, type = 503, "engine_unavailable", "server_error"
-
-
-class ShuttingDownError(ControlPlaneError):
-    status, code, type = 503, "shutting_down", "server_error"
-
-
-class ModelInfo(msgspec.Struct):
-    """A configured model, loaded or not (GET /v1/models, sagectl models / ps)."""
-
-    id: str
-    kind: Literal["llm", "embedding"]
-    backend: str  # the backend chosen (llamacpp, vllm, sentence-transformers, remote)
-    state: str  # stopped | loading | ready | draining | error
-    owned_by: str = "sage"
-    created: int = 0
-    reason: str = ""  # why this backend (e.g. "no GPU: llama.cpp on CPU"), or the error
-    device: str = "cpu"
-    slots_busy: int = 0
-    slots_total: int = 0
-    keep_alive_until: float | None = None  # wall-clock time; None = not loaded or forever
-    n_ctx: int = 0
-    dimensions: int = 0
-    chat_template: bool = False
 
 
 class HealthReport(msgspec.Struct):

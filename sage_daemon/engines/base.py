@@ -186,3 +186,22 @@ class EmbeddingEngine(Engine, Protocol):
     max_seq_length: int
 
     async def embed(self, texts: list[str]) -> EmbeddingResult: ...
+
+
+class ModelInfo(msgspec.Struct):
+    """A configured model, loaded or not (GET /v1/models, sagectl models / ps)."""
+
+    id: str
+    kind: Literal["llm", "embedding"]
+    backend: str  # the backend chosen (llamacpp, vllm, sentence-transformers, remote)
+    state: str  # stopped | loading | ready | draining | error
+    owned_by: str = "sage"
+    created: int = 0
+    reason: str = ""  # why this backend (e.g. "no GPU: llama.cpp on CPU"), or the error
+    device: str = "cpu"
+    slots_busy: int = 0
+    slots_total: int = 0
+    keep_alive_until: float | None = None  # wall-clock time; None = not loaded or forever
+    n_ctx: int = 0
+    dimensions: int = 0
+    chat_template: bool = False

@@ -21,7 +21,9 @@ def test_packaged_defaults_document_every_key_with_the_struct_defaults() -> None
     with c.packaged_defaults_path().open("rb") as f:
         packaged = tomllib.load(f)
     assert packaged == msgspec.to_builtins(c.Config()), "etc/sage.toml and the Config defaults disagree"
-    text = c.packaged_defaults_path().read_text()
+    text, _, model_entries = c.packaged_defaults_path().read_text().partition("\n[[models]]")
+    for field in c.ModelConfig.__struct_fields__:  # model keys are documented once, above the list
+        assert f"#   {field} " in text or f" {field} " in text, f"model key {field} is not documented"
     for line in text.splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
             key = line.split("=")[0].strip()
