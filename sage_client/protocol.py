@@ -234,6 +234,58 @@ class PingResult(msgspec.Struct):
     daemon_time: float
 
 
+class ModelRow(msgspec.Struct):
+    """A configured model as `sagectl models` / `ps` show it (mirrors the daemon's ModelInfo)."""
+
+    id: str
+    kind: str
+    backend: str
+    state: str
+    owned_by: str = "sage"
+    created: int = 0
+    reason: str = ""
+    device: str = "cpu"
+    slots_busy: int = 0
+    slots_total: int = 0
+    keep_alive_until: float | None = None
+    n_ctx: int = 0
+    dimensions: int = 0
+    chat_template: bool = False
+
+
+class ModelsResult(msgspec.Struct):
+    models: list[ModelRow]
+
+
+class ModelName(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class QueueRow(msgspec.Struct):
+    request_id: str
+    model: str
+    kind: str
+    priority: str
+    position: int
+    waited_s: float
+    estimated_wait_s: float | None
+
+
+class QueueResult(msgspec.Struct):
+    policy: str
+    entries: list[QueueRow]
+    running: dict[str, int]
+
+
+class PolicyParams(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+
+
+class PolicyResult(msgspec.Struct):
+    policy: str
+    previous: str = ""
+
+
 class MethodSpec(msgspec.Struct, frozen=True):
     params: type
     result: type
@@ -247,6 +299,12 @@ METHODS: Final[dict[str, MethodSpec]] = {
     "nodes": MethodSpec(Empty, NodeInfo),
     "ports": MethodSpec(Empty, PortsResult),
     "version": MethodSpec(Empty, VersionResult),
+    "models": MethodSpec(Empty, ModelsResult),
+    "load": MethodSpec(ModelName, ModelRow),
+    "unload": MethodSpec(ModelName, ModelRow),
+    "queue": MethodSpec(Empty, QueueResult),
+    "policy.get": MethodSpec(Empty, PolicyResult),
+    "policy.set": MethodSpec(PolicyParams, PolicyResult),
 }
 
 

@@ -23,13 +23,20 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from sage_client import protocol as p
 from sage_client._version import __version__
-from sage_daemon.core.config import LIVE_KEYS, ConfigError, LoadedConfig, diff_keys, load_config
+from sage_client.protocol import NodeInfo
+from sage_daemon.control.gate import CpuGate
+from sage_daemon.control.plane import ControlPlane
+from sage_daemon.core.config import LIVE_KEYS, Config, ConfigError, LoadedConfig, ModelConfig, diff_keys, load_config
 from sage_daemon.core.lifecycle import Lifecycle
 from sage_daemon.core.logging import log, set_level
 from sage_daemon.core.nodes import detect_node
 from sage_daemon.core.paths import Paths, resolve_paths
 from sage_daemon.core.ports import PortInUseError, port_holder
 from sage_daemon.core.sdnotify import SystemdNotifier
+from sage_daemon.engines.base import NullGate
+from sage_daemon.engines.factory import make_factory
+from sage_daemon.engines.pool import EnginePool, Placement, estimate_memory_bytes
+from sage_daemon.engines.sources import SourceError, resolve_local_source
 from sage_daemon.http.app import create_app
 from sage_daemon.rpc.handlers import make_handlers
 from sage_daemon.rpc.server import PeerPolicy, RpcServer, bind_unix_socket
@@ -79,6 +86,25 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
+def build_control_plane(config: Config, node: NodeInfo, paths: Paths) -> ControlPlane:
+    """The engine pool and the control plane over it, sharing one CPU gate between engines."""
+    gate = CpuGate(embedding_first=config.control.policy == "hybrid")
+    interleave = config.control.cpu_sharing == "interleave"
+    llm_gate = gate.view("llm") if interleave else NullGate()
+    embedding_gate = gate.view("embedding") if interleave else NullGate()
+    factory = make_factory(config, node, paths.data_dir, llm_gate, embedding_gate)
+
+    def memory_of(model: ModelConfig, placement: Placement) -> int:
+        source = {"llamacpp": model.sources.llamacpp, "sentence-transformers": model.sources.sentence_transformers}.get(placement.backend, "")
+        try:
+            return estimate_memory_bytes(model, resolve_local_source(source, paths.data_dir)) if source else 0
+        except SourceError:
+            return 0
+
+    pool = EnginePool(config, node, factory, memory_of)
+    return ControlPlane(pool, config.control, gate=gate)
+
+
 class Daemon:
     def __init__(self, loaded: LoadedConfig, config_file: str | None = None, overrides: list[tuple[str, Any, str]] = ()):  # type: ignore[assignment]
         self.loaded = loaded
@@ -103,11 +129,14 @@ class Daemon:
             stack.callback(rpc_sock.close)
 
             host, port = http_sock.getsockname()[:2]
+            node = await trio.to_thread.run_sync(detect_node, config.nodes)
+            control = build_control_plane(config, node, self.paths)
             services = Services(
                 loaded=self.loaded,
                 paths=self.paths,
-                node=await trio.to_thread.run_sync(detect_node, config.nodes),
+                node=node,
                 lifecycle=self.lifecycle,
+                control=control,
                 http_url=f"http://{'[' + host + ']' if ':' in host else host}:{port}",
             )
             self.services = services
@@ -127,6 +156,8 @@ class Daemon:
 
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(control.pool.run)
+                    await nursery.start(control.run)
                     await nursery.start(self._serve_http, create_app(services), hyper)
                     rpc_scope = trio.CancelScope()
                     await nursery.start(self._serve_rpc, rpc, rpc_sock, rpc_scope)
@@ -143,6 +174,7 @@ class Daemon:
                         log(logger, logging.INFO, "stopping", signal=signal.Signals(signum).name)
                         break
                     await self._drain(rpc_scope)
+                    await control.pool.aclose()
                     nursery.cancel_scope.cancel()
             log(logger, logging.INFO, "stopped")
             self.notifier.close()
@@ -157,6 +189,7 @@ class Daemon:
     async def _drain(self, rpc_scope: trio.CancelScope) -> None:
         grace = self.loaded.config.daemon.drain_grace_s
         self.lifecycle.state = "draining"
+        self.services.control.stop_accepting()
         self.notifier.stopping(f"draining {self.lifecycle.in_flight} requests")
         self._http_shutdown.set()  # hypercorn stops accepting and finishes open requests
         self._remove_socket()  # new RPC clients see "not running" instead of hanging
@@ -194,6 +227,8 @@ class Daemon:
             self.loaded.config = msgspec.convert(running, type(self.loaded.config))
             self.services.loaded = self.loaded
             set_level(self.loaded.config.daemon.log_level)
+            if "control.policy" in live:
+                self.services.control.set_policy(self.loaded.config.control.policy)
         self.lifecycle.notes = [f"config reload: {key} changed and needs a restart" for key in restart]
         log(logger, logging.INFO, "config reloaded", applied=",".join(live) or "-", needs_restart=",".join(restart) or "-")
         self.notifier.notify("READY=1", "STATUS=serving (config reloaded)")

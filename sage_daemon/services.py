@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sage_client.protocol import NodeInfo
+from sage_daemon.control.plane import ControlPlane
 from sage_daemon.core.config import LoadedConfig
 from sage_daemon.core.lifecycle import Lifecycle
 from sage_daemon.core.metrics import Metrics
@@ -18,6 +19,7 @@ class Services:
     paths: Paths
     node: NodeInfo
     lifecycle: Lifecycle
+    control: ControlPlane
     http_url: str = ""
     metrics: Metrics = field(default_factory=Metrics)  # the daemon's Prometheus registry (GET /metrics)
     extras: dict[str, Any] = field(default_factory=dict)

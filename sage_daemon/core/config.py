@@ -134,6 +134,19 @@ class EnginesConfig(_Section):
     restart_backoff_max_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
+class ControlConfig(_Section):
+    policy: Literal["fifo", "priority", "slo", "hybrid"] = "hybrid"
+    max_queue: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 512
+    max_batch_texts: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 64
+    max_batch_tokens: Annotated[int, msgspec.Meta(ge=1)] = 16384
+    max_batch_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 5.0
+    reserved_interactive_slots: Annotated[int, msgspec.Meta(ge=0, le=256)] = 1
+    aging_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    cpu_sharing: Literal["interleave", "parallel"] = "interleave"
+    llm_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    embedding_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     http: HttpConfig = HttpConfig()
@@ -141,6 +154,7 @@ class Config(_Section):
     paths: PathsConfig = PathsConfig()
     nodes: NodesConfig = NodesConfig()
     engines: EnginesConfig = EnginesConfig()
+    control: ControlConfig = ControlConfig()
     models: list[ModelConfig] = msgspec.field(default_factory=lambda: list(DEFAULT_MODELS))
 
     def __post_init__(self) -> None:
@@ -153,7 +167,7 @@ class Config(_Section):
 SECTIONS: frozenset[str] = frozenset(Config.__struct_fields__)
 
 # Values that a SIGHUP reload applies live; every other change needs a restart.
-LIVE_KEYS: frozenset[str] = frozenset({"daemon.log_level", "daemon.drain_grace_s", "http.api_keys", "http.api_key_file"})
+LIVE_KEYS: frozenset[str] = frozenset({"daemon.log_level", "daemon.drain_grace_s", "http.api_keys", "http.api_key_file", "control.policy"})
 
 # Environment variables with the SAGE_ prefix that belong to clients, not to the config.
 CLIENT_ENV = frozenset({"SAGE_SOCKET", "SAGE_BASE_URL", "SAGE_CONFIG"})

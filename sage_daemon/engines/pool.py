@@ -202,13 +202,14 @@ class EnginePool:
         slot.loading = trio.Event()
         name = slot.config.name
         try:
-            slot.memory_bytes = self.memory_of(slot.config, slot.placement)
+            # Sources may need assembling (a file copy) and sizing: off the trio thread.
+            slot.memory_bytes = await trio.to_thread.run_sync(self.memory_of, slot.config, slot.placement)
             await self._make_room(slot)
             slot.state, slot.error = EngineState.LOADING.value, ""
             log(logger, logging.INFO, "loading model", model=name, backend=slot.placement.backend, device=slot.placement.device)
             started = time.perf_counter()
             try:
-                engine = self.factory(slot.config, slot.placement)
+                engine = await trio.to_thread.run_sync(self.factory, slot.config, slot.placement)
                 await engine.load()
             except Exception as exc:
                 self._mark_failed(slot, f"load failed: {exc}")

@@ -8,6 +8,7 @@ import platform
 import time
 from typing import Any
 
+import msgspec
 import trio
 
 from sage_client import protocol as p
@@ -66,4 +67,31 @@ def make_handlers(services: Services) -> dict[str, Handler]:
                 continue
         return p.VersionResult(__version__, p.PROTOCOL_VERSION, platform.python_version(), packages)
 
-    return {"ping": ping, "status": status, "config.show": config_show, "nodes": nodes, "ports": ports, "version": version}
+    def model_row(info: object) -> p.ModelRow:
+        return msgspec.convert(msgspec.to_builtins(info), p.ModelRow)
+
+    async def models(_: p.Empty, __: ReplyStream) -> p.ModelsResult:
+        return p.ModelsResult([model_row(info) for info in services.control.list_models()])
+
+    async def load(params: p.ModelName, _: ReplyStream) -> p.ModelRow:
+        return model_row(await services.control.pool.load(params.name))
+
+    async def unload(params: p.ModelName, _: ReplyStream) -> p.ModelRow:
+        return model_row(await services.control.pool.unload(params.name))
+
+    async def queue(_: p.Empty, __: ReplyStream) -> p.QueueResult:
+        control = services.control
+        entries = [msgspec.convert(msgspec.to_builtins(e), p.QueueRow) for e in control.queue()]
+        return p.QueueResult(control.policy.name, entries, {m: n for m, n in control.running.items() if n})
+
+    async def policy_get(_: p.Empty, __: ReplyStream) -> p.PolicyResult:
+        return p.PolicyResult(services.control.policy.name)
+
+    async def policy_set(params: p.PolicyParams, _: ReplyStream) -> p.PolicyResult:
+        previous = services.control.set_policy(params.name)
+        return p.PolicyResult(services.control.policy.name, previous)
+
+    return {
+        "ping": ping, "status": status, "config.show": config_show, "nodes": nodes, "ports": ports, "version": version,
+        "models": models, "load": load, "unload": unload, "queue": queue, "policy.get": policy_get, "policy.set": policy_set,
+    }

@@ -22,6 +22,7 @@ import msgspec
 import trio
 
 from sage_client import protocol as p
+from sage_daemon.core.errors import ControlPlaneError
 from sage_daemon.core.lifecycle import Lifecycle
 from sage_daemon.core.logging import log
 
@@ -228,7 +229,7 @@ class _Connection:
                 result = await handler(params, ReplyStream(self, request.id))
                 payload = msgspec.to_builtins(result)
                 await self.send(p.End(request.id, payload) if spec.streaming else p.Reply(request.id, payload))
-        except (RpcError, p.ProtocolError) as exc:
+        except (RpcError, p.ProtocolError, ControlPlaneError) as exc:
             await self.send(p.Error(request.id, exc.code, exc.message))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise

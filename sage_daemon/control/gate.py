@@ -1,0 +1,67 @@
+"""How chat and embedding engines share the CPU cores: interleaving at step granularity.
+
+On a CPU host both engines want every core. Running a decode step and an embedding batch at the
+same time makes both slower (each engine's threads fight for the same cores); instead each takes
+the cores in turn for one step. An embedding batch waiting at a step boundary goes next, and a
+waiting decode step goes after it, so neither side starves: E L E L while both have work.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Literal
+
+GateKind = Literal["llm", "embedding"]
+
+
+class CpuGate:
+    def __init__(self, embedding_first: bool = True):
+        self.embedding_first = embedding_first
+        self._cond = threading.Condition()
+        self._held = False
+        self._last: GateKind | None = None
+        self._waiting: dict[GateKind, int] = {"llm": 0, "embedding": 0}
+        self.steps: dict[GateKind, int] = {"llm": 0, "embedding": 0}
+
+    def view(self, kind: GateKind) -> _GateView:
+        """The StepGate an engine of this kind holds around each step."""
+        return _GateView(self, kind)
+
+    def _my_turn(self, kind: GateKind) -> bool:
+        if self._held:
+            return False
+        other: GateKind = "embedding" if kind == "llm" else "llm"
+        if not self._waiting[other]:
+            return True
+        if self.embedding_first and kind == "llm" and self._last != "embedding":
+            return False  # an embedding batch is waiting: it goes before this decode step
+        return self._last != kind  # both waiting: take turns
+
+    def acquire(self, kind: GateKind) -> None:
+        with self._cond:
+            self._waiting[kind] += 1
+            try:
+                while not self._my_turn(kind):
+                    self._cond.wait()
+            finally:
+                self._waiting[kind] -= 1
+            self._held = True
+            self._last = kind
+            self.steps[kind] += 1
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+
+class _GateView:
+    def __init__(self, gate: CpuGate, kind: GateKind):
+        self._gate = gate
+        self._kind = kind
+
+    def acquire(self) -> None:
+        self._gate.acquire(self._kind)
+
+    def release(self) -> None:
+        self._gate.release()

@@ -1,0 +1,435 @@
+"""The control plane: every request from every door goes through here.
+
+A request is validated against its model, enqueued with a bound (a full queue is a 429 with a
+Retry-After from the measured drain rate), admitted by the active policy (a plain steppable
+object, see policies.py) and run on the pool's engine. LLM requests are admitted into free
+sequence slots of their engine (the engine batches live sequences itself); embedding requests
+are grouped into batches here. A cancelled request leaves its queue or frees its slot at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from sage_daemon.control.api import (
+    ControlPlaneError,
+    DeadlineExceededError,
+    EngineUnavailableError,
+    HealthReport,
+    InvalidRequestError,
+    ModelInfo,
+    QueueEntry,
+    QueueFullError,
+    RequestKind,
+    RequestMeta,
+    ShuttingDownError,
+)
+from sage_daemon.control.gate import CpuGate
+from sage_daemon.control.policies import POLICIES, Admit, BatchLimits, Expire, PolicySettings, QueueState, RunBatch, Ticket
+from sage_daemon.core.config import ControlConfig
+from sage_daemon.core.logging import log
+from sage_daemon.engines.base import (
+    ChatTemplateMissingError,
+    ContextOverflowError,
+    EmbeddingResult,
+    EngineError,
+    GenerationChunk,
+    GenerationRequest,
+)
+from sage_daemon.engines.pool import EnginePool
+
+logger = logging.getLogger("sage.control")
+
+
+class PlaneMetrics(Protocol):
+    """The hooks the plane calls at each hop (implemented by core.metrics.Metrics)."""
+
+    def on_queued(self, model: str, kind: str) -> None: ...
+    def on_dequeued(self, model: str, kind: str) -> None: ...
+    def on_admitted(self, model: str, kind: str, queue_time_s: float) -> None: ...
+    def on_first_token(self, model: str, ttft_s: float) -> None: ...
+    def on_token(self, model: str, itl_s: float) -> None: ...
+    def on_finished(self, model: str, kind: str, finish_reason: str, prompt_tokens: int, completion_tokens: int, e2e_s: float) -> None: ...
+    def on_embedding_batch(self, model: str, texts: int) -> None: ...
+
+
+class NullMetrics:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def settings_from(config: ControlConfig) -> PolicySettings:
+    return PolicySettings(
+        batch=BatchLimits(config.max_batch_texts, config.max_batch_tokens, config.max_batch_wait_ms / 1000),
+        reserved_interactive_slots=config.reserved_interactive_slots,
+        aging_s=config.aging_s,
+    )
+
+
+@dataclass(eq=False)
+class PlaneTicket(Ticket):
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class DrainRate:
+    """Completions per second over the last few completions, for Retry-After and wait estimates."""
+
+    def __init__(self, window: int = 64):
+        self.times: deque[float] = deque(maxlen=window)
+
+    def record(self, now: float) -> None:
+        self.times.append(now)
+
+    def per_second(self, now: float) -> float | None:
+        if len(self.times) < 2:
+            return None
+        span = max(now - self.times[0], 1e-3)
+        return len(self.times) / span
+
+
+class ControlPlane:
+    def __init__(self, pool: EnginePool, config: ControlConfig, metrics: PlaneMetrics | None = None, gate: CpuGate | None = None):
+        self.pool = pool
+        self.config = config
+        self.metrics: PlaneMetrics = metrics or NullMetrics()
+        self.gate = gate or CpuGate()
+        self.settings = settings_from(config)
+        self.policy = POLICIES[config.policy](self.settings)
+        self.gate.embedding_first = config.policy == "hybrid"
+        self.waiting: list[PlaneTicket] = []
+        self.running: dict[str, int] = {}  # LLM model -> admitted sequences
+        self.embedding_busy: set[str] = set()
+        self.drain_rates: dict[str, DrainRate] = {}
+        self.accepting = True
+        self._wakeup = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._ids = 0
+
+    # ------------------------------------------------------------------ dispatcher
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                self._wakeup = trio.Event()
+                result = self.policy.step(self._state())
+                for decision in result.decisions:
+                    self._apply(decision)
+                if result.decisions:
+                    await trio.sleep(0)  # let admitted requests start before stepping again
+                    continue
+                wait = math.inf if result.wake_at is None else max(0.0, result.wake_at - trio.current_time())
+                with trio.move_on_after(wait):
+                    await self._wakeup.wait()
+
+    def _poke(self) -> None:
+        self._wakeup.set()
+
+    def _state(self) -> QueueState:
+        free: dict[str, int] = {}
+        idle: dict[str, bool] = {}
+        for model in {t.model for t in self.waiting}:
+            slot = self.pool.slot(model)
+            if slot.config.kind == "llm":
+                parallel = getattr(slot.engine, "parallel", slot.config.parallel)
+                free[model] = max(0, parallel - self.running.get(model, 0))
+            else:
+                idle[model] = model not in self.embedding_busy
+        return QueueState(trio.current_time(), list(self.waiting), free, idle)
+
+    def _apply(self, decision: Admit | RunBatch | Expire) -> None:
+        if isinstance(decision, Admit):
+            ticket = decision.ticket
+            self._leave_queue(ticket)
+            self.running[ticket.model] = self.running.get(ticket.model, 0) + 1
+            ticket.outcome = "admitted"
+            ticket.done.set()
+        elif isinstance(decision, Expire):
+            ticket = decision.ticket
+            self._leave_queue(ticket)
+            waited = trio.current_time() - ticket.enqueued_at
+            ticket.outcome = DeadlineExceededError(
+                f"request {ticket.id} waited {waited * 1000:.0f} ms in the {ticket.model} queue, past its deadline of {ticket.meta.deadline_s * 1000:.0f} ms"  # type: ignore[operator]
+            )
+            ticket.done.set()
+        else:
+            for ticket in decision.tickets:
+                self._leave_queue(ticket)
+            self.embedding_busy.add(decision.model)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_batch, decision.model, decision.tickets)
+
+    def _leave_queue(self, ticket: Ticket) -> None:
+        if ticket in self.waiting:
+            self.waiting.remove(ticket)  # type: ignore[arg-type]
+            self.metrics.on_dequeued(ticket.model, ticket.kind)
+
+    # ------------------------------------------------------------------ queueing
+
+    def _enqueue(self, model: str, kind: RequestKind, meta: RequestMeta, size: int, tokens: int, payload: Any) -> PlaneTicket:
+        if not self.accepting:
+            raise ShuttingDownError("the daemon is shutting down; retry once it is back")
+        queued = sum(1 for t in self.waiting if t.model == model)
+        if queued >= self.config.max_queue:
+            retry = self.retry_after_s(model, queued)
+            raise QueueFullError(
+                f"the queue of model {model!r} is full ({queued} waiting, max_queue {self.config.max_queue}); retry in {retry:.0f} s",
+                retry_after_s=retry,
+            )
+        self._ids += 1
+        ticket = PlaneTicket(id=meta.request_id or f"req-{self._ids}", model=model, kind=kind, meta=meta, enqueued_at=trio.current_time(), size=size, tokens=tokens, payload=payload)
+        self.waiting.append(ticket)
+        self.metrics.on_queued(model, kind)
+        self._poke()
+        return ticket
+
+    def retry_after_s(self, model: str, queued: int) -> float:
+        rate = self.drain_rates.get(model, DrainRate()).per_second(trio.current_time())
+        if not rate:
+            return 1.0
+        return float(min(60, max(1, math.ceil(queued / rate))))
+
+    async def _wait_turn(self, ticket: PlaneTicket) -> None:
+        """Wait until admitted (or a batch finished); leaving early takes the ticket out of the queue."""
+        try:
+            await ticket.done.wait()
+        except BaseException:
+            if ticket in self.waiting:
+                self._leave_queue(ticket)
+                self._poke()
+            raise
+        if isinstance(ticket.outcome, BaseException):
+            raise ticket.outcome
+
+    def _finished(self, model: str) -> None:
+        self.drain_rates.setdefault(model, DrainRate()).record(trio.current_time())
+        self._poke()
+
+    # ------------------------------------------------------------------ requests
+
+    def _llm_slot(self, model: str) -> None:
+        slot = self.pool.slot(model)
+        if slot.config.kind != "llm":
+            raise InvalidRequestError(f"model {model!r} is an embedding model: use /v1/embeddings", param="model")
+
+    async def generate(self, model: str, kind: RequestKind, request: GenerationRequest, meta: RequestMeta) -> GenerationStream:
+        """Validate, enqueue and hand back the stream; iterate it to wait for admission and get chunks."""
+        self._llm_slot(model)
+        if not self.accepting:
+            raise ShuttingDownError("the daemon is shutting down; retry once it is back")
+        stack = AsyncExitStack()
+        try:
+            engine = await stack.enter_async_context(self.pool.use(model, meta.keep_alive_s))
+            try:
+                prepared = engine.prepare(request) if hasattr(engine, "prepare") else request
+            except (ContextOverflowError, ChatTemplateMissingError) as exc:
+                param = "messages" if request.messages is not None else "prompt"
+                raise InvalidRequestError(str(exc), param=param) from None
+            tokens = len(prepared.prompt_tokens or ())
+            ticket = self._enqueue(model, kind, meta, size=1, tokens=tokens, payload=prepared)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stack.aclose()
+            raise
+        return GenerationStream(self, ticket, engine, stack)
+
+    async def embed(self, model: str, inputs: list[str] | list[list[int]], meta: RequestMeta) -> EmbeddingResult:
+        slot = self.pool.slot(model)
+        if slot.config.kind != "embedding":
+            raise InvalidRequestError(f"model {model!r} is not an embedding model", param="model")
+        if not inputs:
+            raise InvalidRequestError("input must not be empty", param="input")
+        started = trio.current_time()
+        async with self.pool.use(model, meta.keep_alive_s) as engine:
+            if isinstance(inputs[0], list):
+                if not hasattr(engine, "detokenize"):
+                    raise InvalidRequestError(f"model {model!r} does not take token ids as input; send text", param="input")
+                texts = [engine.detokenize(ids) for ids in inputs]  # type: ignore[arg-type]
+            else:
+                texts = list(inputs)  # type: ignore[arg-type]
+            tokens = sum(len(t) for t in texts) // 4 + len(texts)  # a cheap estimate, for the batch token budget
+            ticket = self._enqueue(model, "embedding", meta, size=len(texts), tokens=tokens, payload=texts)
+            await self._wait_turn(ticket)
+            result: EmbeddingResult = ticket.outcome
+        self.metrics.on_finished(model, "embedding", "stop", result.prompt_tokens, 0, trio.current_time() - started)
+        return result
+
+    async def _run_batch(self, model: str, tickets: tuple[Ticket, ...]) -> None:
+        texts = [text for ticket in tickets for text in ticket.payload]
+        now = trio.current_time()
+        for ticket in tickets:
+            self.metrics.on_admitted(model, "embedding", now - ticket.enqueued_at)
+        self.metrics.on_embedding_batch(model, len(texts))
+        try:
+            engine = self.pool.slot(model).engine
+            if engine is None:
+                raise EngineError(f"model {model} was unloaded")
+            result = await engine.embed(texts)  # type: ignore[attr-defined]
+        except Exception as exc:
+            log(logger, logging.ERROR, "embedding batch failed", model=model, texts=len(texts), error=str(exc))
+            for ticket in tickets:
+                ticket.outcome = EngineUnavailableError(f"model {model!r} failed: {exc}")
+        else:
+            start = 0
+            counts = result.token_counts or [0] * len(texts)
+            for ticket in tickets:
+                end = start + ticket.size
+                ticket.outcome = EmbeddingResult(
+                    vectors=result.vectors[start:end],
+                    prompt_tokens=sum(counts[start:end]),
+                    truncated=sum(1 for c in counts[start:end] if c > getattr(engine, "max_seq_length", 1 << 30)),
+                    dimensions=result.dimensions,
+                    token_counts=counts[start:end],
+                )
+                start = end
+        finally:
+            self.embedding_busy.discard(model)
+            for ticket in tickets:
+                ticket.done.set()  # type: ignore[attr-defined]
+                self._finished(model)
+
+    # ------------------------------------------------------------------ views
+
+    def list_models(self) -> list[ModelInfo]:
+        return self.pool.infos()
+
+    def get_model(self, name: str) -> ModelInfo:
+        return self.pool.info(name)
+
+    async def tokenize(self, model: str, text: str) -> list[int]:
+        async with self.pool.use(model) as engine:
+            return list(engine.tokenize(text))  # type: ignore[attr-defined]
+
+    def health(self) -> HealthReport:
+        reasons = self.pool.health_reasons()
+        return HealthReport(ok=not reasons, reasons=reasons, models=self.pool.infos())
+
+    def queue(self) -> list[QueueEntry]:
+        now = trio.current_time()
+        entries = []
+        positions: dict[str, int] = {}
+        for ticket in self.waiting:
+            position = positions.get(ticket.model, 0)
+            positions[ticket.model] = position + 1
+            rate = self.drain_rates.get(ticket.model, DrainRate()).per_second(now)
+            entries.append(
+                QueueEntry(ticket.id, ticket.model, ticket.kind, ticket.meta.priority.name.lower(), position, now - ticket.enqueued_at, (position + 1) / rate if rate else None)
+            )
+        return entries
+
+    def set_policy(self, name: str) -> str:
+        if name not in POLICIES:
+            raise InvalidRequestError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}", param="policy")
+        previous, self.policy = self.policy.name, POLICIES[name](self.settings)
+        self.gate.embedding_first = name == "hybrid"
+        log(logger, logging.INFO, "scheduling policy changed", previous=previous, policy=name)
+        self._poke()
+        return previous
+
+    def stop_accepting(self) -> None:
+        """Refuse new work; fail what still waits (the in-flight work drains)."""
+        self.accepting = False
+        for ticket in list(self.waiting):
+            self._leave_queue(ticket)
+            ticket.outcome = ShuttingDownError("the daemon is shutting down; retry once it is back")
+            ticket.done.set()
+
+
+class GenerationStream:
+    """An admitted-or-waiting generation. Iterate for chunks; `aclose()` (or cancellation while
+    iterating) leaves the queue or frees the slot at once. Iterate it inside `aclosing`."""
+
+    def __init__(self, plane: ControlPlane, ticket: PlaneTicket, engine: Any, stack: AsyncExitStack):
+        self.plane = plane
+        self.ticket = ticket
+        self.engine = engine
+        self._stack = stack
+        self._inner: Any = None
+        self._admitted = False
+        self._closed = False
+        self._started = trio.current_time()
+        self._last_token_at: float | None = None
+        self.request_id = ticket.id
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        if self._closed:
+            raise StopAsyncIteration
+        metrics, model = self.plane.metrics, self.ticket.model
+        try:
+            if self._inner is None:
+                await self.plane._wait_turn(self.ticket)
+                self._admitted = True
+                metrics.on_admitted(model, self.ticket.kind, trio.current_time() - self.ticket.enqueued_at)
+                self._inner = self.engine.generate(self.ticket.payload)
+            chunk: GenerationChunk = await self._inner.__anext__()
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+        except ControlPlaneError:
+            await self.aclose()
+            raise
+        except EngineError as exc:
+            await self.aclose()
+            raise EngineUnavailableError(f"model {model!r} failed: {exc}") from None
+        except BaseException:
+            await self.aclose()
+            raise
+        now = trio.current_time()
+        if chunk.token_ids or chunk.text:
+            if self._last_token_at is None:
+                metrics.on_first_token(model, now - self._started)
+            else:
+                metrics.on_token(model, now - self._last_token_at)
+            self._last_token_at = now
+        if chunk.finish_reason is not None:
+            metrics.on_finished(model, self.ticket.kind, chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens, now - self._started)
+            if chunk.finish_reason == "error":
+                await self.aclose()
+                raise EngineUnavailableError(f"model {model!r} failed: {chunk.error or 'engine error'}")
+        return chunk
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            try:
+                if self._inner is not None:
+                    await self._inner.aclose()
+            finally:
+                if self._admitted:
+                    self.plane.running[self.ticket.model] -= 1
+                    self.plane._finished(self.ticket.model)
+                elif self.ticket in self.plane.waiting:
+                    self.plane._leave_queue(self.ticket)
+                    self.plane._poke()
+                elif self.ticket.outcome == "admitted":  # admitted, but never iterated past the wait
+                    self.plane.running[self.ticket.model] -= 1
+                    self.plane._finished(self.ticket.model)
+                await self._stack.aclose()
+
+    async def collect(self) -> tuple[str, GenerationChunk]:
+        """The whole text and the final chunk (for non-streaming replies)."""
+        parts: list[str] = []
+        last = GenerationChunk()
+        try:
+            async for chunk in self:
+                parts.append(chunk.text)
+                last = chunk
+        finally:
+            await self.aclose()
+        return "".join(parts), last
+
+
+__all__ = ["ControlPlane", "GenerationStream", "NullMetrics", "PlaneMetrics"]

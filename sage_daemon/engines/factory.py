@@ -1,0 +1,67 @@
+"""Build the engine for a model where the pool placed it. Backends import lazily: a daemon that
+serves only remote models never imports torch or llama.cpp."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sage_client.protocol import NodeInfo
+from sage_daemon.core.config import Config, ControlConfig, ModelConfig
+from sage_daemon.engines.base import Engine, StepGate
+from sage_daemon.engines.pool import EngineFactory, Placement
+from sage_daemon.engines.sources import resolve_local_source
+
+
+def engine_threads(control: ControlConfig, node: NodeInfo, kind: str, configured: int = 0) -> int:
+    """Threads for one engine: the model's own setting, else [control]'s, else by cpu_sharing."""
+    if configured:
+        return configured
+    explicit = control.llm_threads if kind == "llm" else control.embedding_threads
+    if explicit:
+        return explicit
+    # interleave: each engine takes every core for its step; parallel: they split the cores.
+    return node.cpu_count if control.cpu_sharing == "interleave" else max(1, node.cpu_count // 2)
+
+
+def make_factory(config: Config, node: NodeInfo, data_dir: Path, llm_gate: StepGate, embedding_gate: StepGate) -> EngineFactory:
+    def build(model: ModelConfig, placement: Placement) -> Engine:
+        threads = engine_threads(config.control, node, model.kind, model.threads)
+        if placement.backend == "llamacpp":
+            from sage_daemon.engines.llamacpp import LlamaCppEngine, LlamaCppSpec
+
+            spec = LlamaCppSpec(
+                name=model.name,
+                model_path=str(resolve_local_source(model.sources.llamacpp, data_dir)),
+                n_ctx=model.n_ctx,
+                parallel=model.parallel,
+                threads=threads,
+                chat_format=model.chat_format or None,
+            )
+            return LlamaCppEngine(spec, gate=llm_gate)
+        if placement.backend == "sentence-transformers":
+            from sage_daemon.engines.sentence_transformers import SentenceTransformersEngine, SentenceTransformersSpec
+
+            device = placement.device if placement.device != "cpu" else "cpu"
+            st_spec = SentenceTransformersSpec(
+                name=model.name,
+                model_path=str(resolve_local_source(model.sources.sentence_transformers, data_dir)),
+                device=device,
+                threads=threads,
+            )
+            return SentenceTransformersEngine(st_spec, gate=embedding_gate)
+        if placement.backend == "remote":
+            from sage_daemon.engines.remote import RemoteOpenAIEngine, RemoteSpec
+
+            api_key = os.environ.get(model.remote_api_key_env, "") if model.remote_api_key_env else ""
+            return RemoteOpenAIEngine(RemoteSpec(name=model.name, kind=model.kind, base_url=model.sources.remote, remote_model=model.remote_model or model.name, api_key=api_key))
+        if placement.backend == "vllm":
+            from sage_daemon.engines.vllm import VllmEngine, VllmSpec
+
+            gpu = int(placement.device.split(":")[1]) if placement.device.startswith("cuda:") else 0
+            return VllmEngine(
+                VllmSpec(name=model.name, model=model.sources.vllm, kind=model.kind, max_model_len=model.n_ctx, max_num_seqs=model.parallel, gpu_index=gpu, extra_args=list(model.vllm_args), is_wsl2=node.is_wsl2)
+            )
+        raise ValueError(f"model {model.name!r}: cannot place it ({placement.reason})")
+
+    return build

@@ -1,0 +1,195 @@
+"""The control plane with fake engines (scheduling logic only; the real engines are tested end to end
+elsewhere): admission into slots, batching, 429, deadlines, cancellation, policy switch."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from sage_client.protocol import NodeInfo
+from sage_daemon.control.api import DeadlineExceededError, InvalidRequestError, Priority, QueueFullError, RequestMeta
+from sage_daemon.control.plane import ControlPlane
+from sage_daemon.core.config import Config, ControlConfig, ModelConfig, ModelSources
+from sage_daemon.engines.base import EmbeddingResult, EngineHealth, EngineState, EngineStats, GenerationChunk, GenerationRequest
+from sage_daemon.engines.pool import EnginePool, Placement
+
+NODE = NodeInfo("h", "cpu", 2, 8 * 2**30, 6 * 2**30, [], "none", False, False)
+
+
+class FakeLLM:
+    kind = "llm"
+    backend = "fake"
+
+    def __init__(self, parallel: int):
+        self.parallel = parallel
+        self.live = 0
+        self.peak = 0
+
+    async def load(self) -> None: ...
+    async def unload(self) -> None: ...
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(EngineState.READY, True)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(slots_total=self.parallel, slots_busy=self.live)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        self.live += 1
+        self.peak = max(self.peak, self.live)
+        try:
+            for i in range(request.sampling.max_tokens):
+                await trio.sleep(0.1)
+                yield GenerationChunk(text=f"t{i} ", token_ids=(i,))
+            yield GenerationChunk(finish_reason="length", prompt_tokens=3, completion_tokens=request.sampling.max_tokens)
+        finally:
+            self.live -= 1
+
+
+class FakeEmbedder:
+    kind = "embedding"
+    backend = "fake"
+    max_seq_length = 128
+    dimensions = 2
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    async def load(self) -> None: ...
+    async def unload(self) -> None: ...
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(EngineState.READY, True)
+
+    def stats(self) -> EngineStats:
+        return EngineStats()
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        self.batches.append(len(texts))
+        await trio.sleep(0.05)
+        return EmbeddingResult([[float(len(t)), 1.0] for t in texts], sum(len(t) for t in texts), dimensions=2, token_counts=[len(t) for t in texts])
+
+
+async def make_plane(nursery: trio.Nursery, parallel: int = 2, **control: Any) -> tuple[ControlPlane, FakeLLM, FakeEmbedder]:
+    llm, embedder = FakeLLM(parallel), FakeEmbedder()
+    models = [ModelConfig(name="llm", kind="llm", parallel=parallel, sources=ModelSources(llamacpp="/x")), ModelConfig(name="emb", kind="embedding")]
+
+    def factory(model: ModelConfig, placement: Placement) -> Any:
+        return llm if model.kind == "llm" else embedder
+
+    pool = EnginePool(Config(models=models), NODE, factory)
+    plane = ControlPlane(pool, ControlConfig(**control))
+    await nursery.start(plane.run)
+    return plane, llm, embedder
+
+
+def req(n: int = 3) -> GenerationRequest:
+    from sage_daemon.engines.base import SamplingParams
+
+    return GenerationRequest("r", SamplingParams(max_tokens=n), prompt="hi")
+
+
+async def test_admission_never_exceeds_the_engine_slots(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    plane, llm, _ = await make_plane(nursery, parallel=2)
+    texts: list[str] = []
+
+    async def one(i: int) -> None:
+        stream = await plane.generate("llm", "completion", req(), RequestMeta(f"r{i}"))
+        text, last = await stream.collect()
+        texts.append(text)
+        assert last.finish_reason == "length"
+
+    async with trio.open_nursery() as inner:
+        for i in range(6):
+            inner.start_soon(one, i)
+    assert llm.peak == 2 and texts == ["t0 t1 t2 "] * 6
+    assert plane.running["llm"] == 0 and plane.waiting == []
+
+
+async def test_full_queue_is_a_429_with_retry_after(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    plane, _, _ = await make_plane(nursery, parallel=1, max_queue=2)
+    streams = [await plane.generate("llm", "completion", req(50), RequestMeta(f"r{i}")) for i in range(2)]
+    with pytest.raises(QueueFullError) as info:
+        await plane.generate("llm", "completion", req(), RequestMeta("overflow"))
+    assert info.value.status == 429 and info.value.retry_after_s >= 1 and "max_queue 2" in info.value.message
+    for stream in streams:
+        await stream.aclose()
+    assert plane.waiting == []
+
+
+async def test_cancelled_waiting_request_leaves_the_queue(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    plane, llm, _ = await make_plane(nursery, parallel=1)
+    first = await plane.generate("llm", "completion", req(100), RequestMeta("first"))
+    await first.__anext__()  # admitted, generating
+    second = await plane.generate("llm", "completion", req(), RequestMeta("second"))
+    with trio.move_on_after(1):
+        await second.__anext__()  # waits for the slot, then gives up
+    await second.aclose()
+    assert [t.id for t in plane.waiting] == []
+    await first.aclose()  # frees the slot at once
+    assert plane.running["llm"] == 0 and llm.live == 0
+    third = await plane.generate("llm", "completion", req(1), RequestMeta("third"))
+    assert (await third.collect())[1].finish_reason == "length"
+
+
+async def test_deadline_expires_a_waiting_request(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    plane, _, _ = await make_plane(nursery, parallel=1)
+    busy = await plane.generate("llm", "completion", req(100), RequestMeta("busy"))
+    await busy.__anext__()
+    late = await plane.generate("llm", "completion", req(), RequestMeta("late", deadline_s=0.5))
+    with pytest.raises(DeadlineExceededError, match="past its deadline of 500 ms"):
+        await late.__anext__()
+    await busy.aclose()
+
+
+async def test_concurrent_embeddings_are_served_in_batches(nursery: trio.Nursery) -> None:
+    plane, _, embedder = await make_plane(nursery, max_batch_wait_ms=20)
+    results: dict[int, Any] = {}
+
+    async def one(i: int) -> None:
+        results[i] = await plane.embed("emb", ["x" * i], RequestMeta(f"e{i}"))
+
+    async with trio.open_nursery() as inner:
+        for i in range(1, 33):
+            inner.start_soon(one, i)
+    assert sum(embedder.batches) == 32 and max(embedder.batches) > 1 and len(embedder.batches) < 32
+    assert all(results[i].vectors == [[float(i), 1.0]] and results[i].prompt_tokens == i for i in results)
+
+
+async def test_fifo_serves_embeddings_one_request_per_call(nursery: trio.Nursery) -> None:
+    plane, _, embedder = await make_plane(nursery, policy="fifo")
+    async with trio.open_nursery() as inner:
+        for i in range(8):
+            inner.start_soon(plane.embed, "emb", ["a", "b"], RequestMeta(f"e{i}"))
+    assert embedder.batches == [2] * 8
+    plane.set_policy("hybrid")
+    assert plane.policy.name == "hybrid"
+    with pytest.raises(InvalidRequestError, match="unknown policy"):
+        plane.set_policy("random")
+
+
+async def test_wrong_kind_of_model_is_a_400(nursery: trio.Nursery) -> None:
+    plane, _, _ = await make_plane(nursery)
+    with pytest.raises(InvalidRequestError, match="embedding model"):
+        await plane.generate("emb", "chat", req(), RequestMeta("x"))
+    with pytest.raises(InvalidRequestError, match="not an embedding model"):
+        await plane.embed("llm", ["x"], RequestMeta("y", priority=Priority.HIGH))
+
+
+async def test_stop_accepting_fails_waiting_work(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    plane, _, _ = await make_plane(nursery, parallel=1)
+    busy = await plane.generate("llm", "completion", req(100), RequestMeta("busy"))
+    await busy.__anext__()
+    waiting = await plane.generate("llm", "completion", req(), RequestMeta("waiting"))
+    plane.stop_accepting()
+    from sage_daemon.control.api import ShuttingDownError
+
+    with pytest.raises(ShuttingDownError):
+        await waiting.__anext__()
+    with pytest.raises(ShuttingDownError):
+        await plane.generate("llm", "completion", req(), RequestMeta("new"))
+    await busy.aclose()
