@@ -3,7 +3,8 @@
 `Metrics` owns a private `CollectorRegistry`, so several daemons in one test process never
 collide. The control plane records each hop through the small `on_*` methods (or through
 `track()`, which keeps the gauges balanced whatever happens to the request); `GET /metrics`
-renders the registry with `render()`.
+renders the registry with `render()`. The `on_*` methods are the control plane's `PlaneMetrics` protocol
+(sage_daemon/control/plane.py).
 
 Gauges per model: `sage:num_requests_running` (admitted, not finished), `sage:num_requests_waiting`
 (queued, not admitted) and `sage:queue_depth{kind}` (the same, split by request kind).
@@ -46,7 +47,7 @@ class Metrics:
         self.request_success = Counter("sage:request_success", "Requests finished, by finished_reason (stop, length, cancelled, error).", ["model_name", "finished_reason"], registry=r)
         self.embedding_batch_size = Histogram("sage:embedding_batch_size", "Inputs per embedding batch run on an engine.", ["model_name"], buckets=BATCH_BUCKETS, registry=r)
 
-    # -- the hops of one request -------------------------------------------------------------
+    # -- the hops of one request (the control plane's PlaneMetrics protocol) ------------------
 
     def on_queued(self, model: str, kind: str) -> None:
         """A request entered the queue of `model` (kind: chat | completion | embedding)."""
@@ -54,13 +55,12 @@ class Metrics:
         self.queue_depth.labels(model, kind).inc()
 
     def on_dequeued(self, model: str, kind: str) -> None:
-        """A queued request left the queue without being admitted (cancelled, deadline, shutdown)."""
+        """A request left the queue, for any reason (admitted, cancelled, expired, shutdown)."""
         self.num_requests_waiting.labels(model).dec()
         self.queue_depth.labels(model, kind).dec()
 
     def on_admitted(self, model: str, kind: str, queue_time_s: float) -> None:
-        """A queued request was admitted to an engine after waiting `queue_time_s`."""
-        self.on_dequeued(model, kind)
+        """A request (already dequeued) started running after waiting `queue_time_s`."""
         self.num_requests_running.labels(model).inc()
         self.request_queue_time.labels(model).observe(max(0.0, queue_time_s))
 
@@ -68,28 +68,27 @@ class Metrics:
         """The first token of a generation, `ttft_s` after the request arrived."""
         self.time_to_first_token.labels(model).observe(max(0.0, ttft_s))
 
-    def on_token(self, model: str, inter_token_s: float, n: int = 1) -> None:
-        """`n` more tokens arrived, `inter_token_s` apart (observe once per gap)."""
+    def on_token(self, model: str, itl_s: float, n: int = 1) -> None:
+        """`n` more tokens arrived, `itl_s` apart (one observation per gap)."""
         hist = self.inter_token_latency.labels(model)
         for _ in range(n):
-            hist.observe(max(0.0, inter_token_s))
+            hist.observe(max(0.0, itl_s))
 
-    def on_finished(self, model: str, finished_reason: str, *, prompt_tokens: int = 0, generation_tokens: int = 0, e2e_s: float | None = None) -> None:
-        """An admitted request ended (finished_reason: stop | length | cancelled | error)."""
+    def on_finished(self, model: str, kind: str, finish_reason: str, prompt_tokens: int = 0, completion_tokens: int = 0, e2e_s: float | None = None) -> None:
+        """An admitted request ended (finish_reason: stop | length | cancelled | error). Call it
+        exactly once per on_admitted, also when the client went away (then "cancelled")."""
         self.num_requests_running.labels(model).dec()
-        self.request_success.labels(model, finished_reason).inc()
+        self.request_success.labels(model, finish_reason).inc()
         if prompt_tokens:
             self.prompt_tokens.labels(model).inc(prompt_tokens)
-        if generation_tokens:
-            self.generation_tokens.labels(model).inc(generation_tokens)
+        if completion_tokens:
+            self.generation_tokens.labels(model).inc(completion_tokens)
         if e2e_s is not None:
             self.e2e_request_latency.labels(model).observe(max(0.0, e2e_s))
 
-    def on_embedding_batch(self, model: str, size: int, prompt_tokens: int = 0) -> None:
-        """An engine ran one embedding batch of `size` inputs."""
-        self.embedding_batch_size.labels(model).observe(size)
-        if prompt_tokens:
-            self.prompt_tokens.labels(model).inc(prompt_tokens)
+    def on_embedding_batch(self, model: str, texts: int) -> None:
+        """An engine ran one embedding batch of `texts` inputs."""
+        self.embedding_batch_size.labels(model).observe(texts)
 
     @contextmanager
     def track(self, model: str, kind: str, arrival: float | None = None) -> Iterator[RequestTracker]:
@@ -131,6 +130,7 @@ class RequestTracker:
     def admitted(self) -> None:
         if self.admitted_at is None and not self.done:
             self.admitted_at = time.monotonic()
+            self.metrics.on_dequeued(self.model, self.kind)
             self.metrics.on_admitted(self.model, self.kind, self.admitted_at - self.arrival)
 
     def tokens(self, n: int = 1) -> None:
@@ -148,21 +148,19 @@ class RequestTracker:
             self.metrics.on_token(self.model, 0.0, n)
         self.last_token_at = now
 
-    def finished(self, finished_reason: str, *, prompt_tokens: int = 0, generation_tokens: int = 0) -> None:
+    def finished(self, finish_reason: str, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         if self.done:
             return
         if self.admitted_at is None:
             self.admitted()
         self.done = True
-        self.metrics.on_finished(
-            self.model, finished_reason, prompt_tokens=prompt_tokens, generation_tokens=generation_tokens, e2e_s=time.monotonic() - self.arrival
-        )
+        self.metrics.on_finished(self.model, self.kind, finish_reason, prompt_tokens, completion_tokens, time.monotonic() - self.arrival)
 
-    def _abandon(self, finished_reason: str) -> None:
+    def _abandon(self, finish_reason: str) -> None:
         if self.done:
             return
         if self.admitted_at is None:
             self.done = True
             self.metrics.on_dequeued(self.model, self.kind)
         else:
-            self.finished(finished_reason)
+            self.finished(finish_reason)

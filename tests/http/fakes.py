@@ -100,7 +100,7 @@ class FakeControlPlane:
                     else:
                         await trio.lowlevel.checkpoint()
                         if produced >= len(words):
-                            tracker.finished("stop", prompt_tokens=prompt_tokens, generation_tokens=produced)
+                            tracker.finished("stop", prompt_tokens=prompt_tokens, completion_tokens=produced)
                             yield GenerationChunk(finish_reason="stop", prompt_tokens=prompt_tokens, completion_tokens=produced)
                             return
                         word = words[produced]
@@ -109,7 +109,7 @@ class FakeControlPlane:
                     produced += 1
                     tracker.tokens(1)
                     if produced >= limit:
-                        tracker.finished("length", prompt_tokens=prompt_tokens, generation_tokens=produced)
+                        tracker.finished("length", prompt_tokens=prompt_tokens, completion_tokens=produced)
                         yield GenerationChunk(text=word, token_ids=(produced,), finish_reason="length", prompt_tokens=prompt_tokens, completion_tokens=produced)
                         return
                     yield GenerationChunk(text=word, token_ids=(produced,))

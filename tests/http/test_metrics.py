@@ -10,11 +10,17 @@ from sage_daemon.core.metrics import Metrics
 def test_names_and_labels_follow_vllm_with_a_sage_prefix() -> None:
     m = Metrics()
     m.on_queued("smollm2", "chat")
+    m.on_dequeued("smollm2", "chat")
     m.on_admitted("smollm2", "chat", 0.02)
     m.on_first_token("smollm2", 0.1)
-    m.on_token("smollm2", 0.01, n=3)
-    m.on_finished("smollm2", "stop", prompt_tokens=7, generation_tokens=4, e2e_s=0.5)
-    m.on_embedding_batch("minilm", 8, prompt_tokens=40)
+    for _ in range(3):
+        m.on_token("smollm2", 0.01)
+    m.on_finished("smollm2", "chat", "stop", 7, 4, 0.5)
+    m.on_embedding_batch("minilm", 8)
+    m.on_queued("minilm", "embedding")
+    m.on_dequeued("minilm", "embedding")
+    m.on_admitted("minilm", "embedding", 0.001)
+    m.on_finished("minilm", "embedding", "stop", 40, 0, 0.01)
     text = m.render()[0].decode()
     for name in (
         'sage:num_requests_running{model_name="smollm2"} 0.0',
@@ -29,6 +35,7 @@ def test_names_and_labels_follow_vllm_with_a_sage_prefix() -> None:
         'sage:request_success_total{finished_reason="stop",model_name="smollm2"} 1.0',
         'sage:embedding_batch_size_count{model_name="minilm"} 1.0',
         'sage:prompt_tokens_total{model_name="minilm"} 40.0',
+        'sage:num_requests_running{model_name="minilm"} 0.0',
     ):
         assert name in text, name
 
@@ -54,7 +61,7 @@ def test_track_keeps_gauges_balanced_on_every_exit() -> None:
         assert running() == 1 and waiting() == 0
         t.tokens(1)
         t.tokens(2)
-        t.finished("stop", prompt_tokens=3, generation_tokens=3)
+        t.finished("stop", prompt_tokens=3, completion_tokens=3)
     assert running() == 0
     assert m.value("sage:time_to_first_token_seconds_count", model_name="x") == 1
     assert m.value("sage:inter_token_latency_seconds_count", model_name="x") == 2
@@ -67,3 +74,15 @@ def test_track_keeps_gauges_balanced_on_every_exit() -> None:
     with m.track("x", "chat") as t:  # closed by the consumer mid-stream
         t.admitted()
     assert running() == 0 and m.value("sage:request_success_total", model_name="x", finished_reason="cancelled") == 1
+
+
+def test_implements_the_control_planes_protocol() -> None:
+    import inspect
+
+    from sage_daemon.control.plane import PlaneMetrics
+
+    for name, member in inspect.getmembers(PlaneMetrics, inspect.isfunction):
+        if name.startswith("on_"):
+            theirs = list(inspect.signature(member).parameters)
+            ours = list(inspect.signature(getattr(Metrics, name)).parameters)
+            assert ours[: len(theirs)] == theirs, name
