@@ -122,6 +122,93 @@ def cmd_version(client: RpcClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@command("models")
+def cmd_models(client: RpcClient, args: argparse.Namespace) -> int:
+    result = client.call("models")
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    rows = [(m.id, m.kind, m.backend, m.device, m.state, m.n_ctx or "", m.dimensions or "") for m in result.models]
+    print(table(["NAME", "KIND", "BACKEND", "DEVICE", "STATE", "CONTEXT", "DIMS"], rows))
+    return EXIT_OK
+
+
+@command("ps")
+def cmd_ps(client: RpcClient, args: argparse.Namespace) -> int:
+    result = client.call("models")
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    rows = [
+        (m.id, m.backend, m.device, m.state, f"{m.slots_busy}/{m.slots_total}" if m.slots_total else "-", _until(m.keep_alive_until, m.state), m.reason)
+        for m in result.models
+    ]
+    print(table(["NAME", "BACKEND", "DEVICE", "STATE", "SLOTS", "KEEP-ALIVE UNTIL", "REASON"], rows))
+    return EXIT_OK
+
+
+def _until(when: float | None, state: str) -> str:
+    if state != "ready":
+        return "-"
+    if when is None:
+        return "forever"
+    return time.strftime("%H:%M:%S", time.localtime(when)) + f" ({human_duration(max(0, when - time.time()))})"
+
+
+@command("load")
+def cmd_load(client: RpcClient, args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    row = client.call("load", {"name": args.name})
+    if args.json:
+        print_json(row)
+    else:
+        print(f"{row.id}: {row.state} on {row.backend} ({row.device}) in {time.perf_counter() - started:.1f} s — {row.reason}")
+    return EXIT_OK
+
+
+@command("unload")
+def cmd_unload(client: RpcClient, args: argparse.Namespace) -> int:
+    row = client.call("unload", {"name": args.name})
+    if args.json:
+        print_json(row)
+    else:
+        print(f"{row.id}: {row.state}")
+    return EXIT_OK
+
+
+@command("queue")
+def cmd_queue(client: RpcClient, args: argparse.Namespace) -> int:
+    result = client.call("queue")
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    running = ", ".join(f"{model} {n}" for model, n in sorted(result.running.items())) or "nothing"
+    print(f"policy: {result.policy}    running: {running}")
+    if not result.entries:
+        print("no request is waiting")
+        return EXIT_OK
+    rows = [
+        (e.request_id, e.model, e.kind, e.priority, e.position, f"{e.waited_s:.2f}s", "?" if e.estimated_wait_s is None else f"{e.estimated_wait_s:.2f}s")
+        for e in result.entries
+    ]
+    print(table(["REQUEST", "MODEL", "KIND", "PRIORITY", "POSITION", "WAITED", "EST. WAIT"], rows))
+    return EXIT_OK
+
+
+@command("policy show")
+def cmd_policy_show(client: RpcClient, args: argparse.Namespace) -> int:
+    result = client.call("policy.get")
+    print_json(result) if args.json else print(result.policy)
+    return EXIT_OK
+
+
+@command("policy set")
+def cmd_policy_set(client: RpcClient, args: argparse.Namespace) -> int:
+    result = client.call("policy.set", {"name": args.name})
+    print_json(result) if args.json else print(f"policy: {result.previous} -> {result.policy}")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- plumbing
 
 
@@ -159,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("nodes", parents=[common], help="this host's cores, memory, GPUs, WSL2, vLLM")
     sub.add_parser("ports", parents=[common], help="the port plan, what is free, the recommendation here")
     sub.add_parser("version", parents=[common], help="client, daemon and library versions")
+    sub.add_parser("models", parents=[common], help="the configured models")
+    sub.add_parser("ps", parents=[common], help="models with their state, slots, keep-alive and placement reason")
+    load = sub.add_parser("load", parents=[common], help="load a model now")
+    load.add_argument("name")
+    unload = sub.add_parser("unload", parents=[common], help="unload a model now")
+    unload.add_argument("name")
+    sub.add_parser("queue", parents=[common], help="requests waiting, their position and estimated wait")
+    policy = sub.add_parser("policy", parents=[common], help="the scheduling policy")
+    policy_sub = policy.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    policy_sub.add_parser("show", parents=[common], help="the active policy")
+    policy_set = policy_sub.add_parser("set", parents=[common], help="switch policy: fifo, priority, slo, hybrid")
+    policy_set.add_argument("name", choices=["fifo", "priority", "slo", "hybrid"])
     return parser
 
 

