@@ -308,6 +308,7 @@ class SentenceTransformersEngine:
             prompt_tokens=sum(min(n, limit) for n in full_lengths),
             truncated=sum(1 for n in full_lengths if n > limit),
             dimensions=self.dimensions,
+            token_counts=full_lengths,  # per input: the control plane splits usage per request by these
         )
 
     def _embed_ids_blocking(self, token_lists: list[list[int]]) -> EmbeddingResult:
@@ -331,7 +332,7 @@ class SentenceTransformersEngine:
                     return embedding.float().cpu().tolist()
 
             vectors.extend(self._gated(forward))
-        return EmbeddingResult(vectors, sum(len(s) for s in sequences), truncated, self.dimensions)
+        return EmbeddingResult(vectors, sum(len(s) for s in sequences), truncated, self.dimensions, token_counts=[len(s) for s in sequences])
 
 
 def _token_layout(model: Any) -> tuple[list[int], list[int], dict[str, Any]]:
