@@ -93,7 +93,15 @@ def build_control_plane(config: Config, node: NodeInfo, paths: Paths, metrics: M
     interleave = config.control.cpu_sharing == "interleave"
     llm_gate = gate.view("llm") if interleave else NullGate()
     embedding_gate = gate.view("embedding") if interleave else NullGate()
-    factory = make_factory(config, node, paths.data_dir, llm_gate, embedding_gate)
+    pool_ref: list[EnginePool] = []
+
+    def pool_nursery() -> trio.Nursery:
+        nursery = pool_ref[0].nursery
+        if nursery is None:
+            raise RuntimeError("the engine pool is not running")
+        return nursery
+
+    factory = make_factory(config, node, paths.data_dir, llm_gate, embedding_gate, pool_nursery)
 
     def memory_of(model: ModelConfig, placement: Placement) -> int:
         source = {"llamacpp": model.sources.llamacpp, "sentence-transformers": model.sources.sentence_transformers}.get(placement.backend, "")
@@ -103,6 +111,7 @@ def build_control_plane(config: Config, node: NodeInfo, paths: Paths, metrics: M
             return 0
 
     pool = EnginePool(config, node, factory, memory_of)
+    pool_ref.append(pool)
     return ControlPlane(pool, config.control, metrics=metrics, gate=gate)
 
 

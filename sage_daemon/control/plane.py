@@ -73,6 +73,22 @@ def settings_from(config: ControlConfig) -> PolicySettings:
     )
 
 
+@dataclass(frozen=True)
+class EmbeddingWork:
+    inputs: list[Any]  # texts, or token-id lists
+    as_tokens: bool
+    dimensions: int | None
+
+
+def apportion(total: int, weights: list[int]) -> list[int]:
+    """Split a total (a remote's usage count) over inputs by their lengths."""
+    weight_sum = sum(weights) or 1
+    shares = [total * w // weight_sum for w in weights]
+    if shares:
+        shares[-1] += total - sum(shares)
+    return shares
+
+
 @dataclass(eq=False)
 class PlaneTicket(Ticket):
     done: trio.Event = field(default_factory=trio.Event)
@@ -241,53 +257,40 @@ class ControlPlane:
             raise
         return GenerationStream(self, ticket, engine, stack)
 
-    async def embed(self, model: str, inputs: list[str] | list[list[int]], meta: RequestMeta) -> EmbeddingResult:
+    async def embed(self, model: str, inputs: list[str] | list[list[int]], meta: RequestMeta, dimensions: int | None = None) -> EmbeddingResult:
+        """Embed texts (or token-id lists), batched with other requests to the same model."""
         slot = self.pool.slot(model)
         if slot.config.kind != "embedding":
             raise InvalidRequestError(f"model {model!r} is not an embedding model", param="model")
         if not inputs:
             raise InvalidRequestError("input must not be empty", param="input")
+        as_tokens = isinstance(inputs[0], list)
         async with self.pool.use(model, meta.keep_alive_s) as engine:
-            if isinstance(inputs[0], list):
-                if not hasattr(engine, "detokenize"):
-                    raise InvalidRequestError(f"model {model!r} does not take token ids as input; send text", param="input")
-                texts = [engine.detokenize(ids) for ids in inputs]  # type: ignore[arg-type]
-            else:
-                texts = list(inputs)  # type: ignore[arg-type]
-            tokens = sum(len(t) for t in texts) // 4 + len(texts)  # a cheap estimate, for the batch token budget
-            ticket = self._enqueue(model, "embedding", meta, size=len(texts), tokens=tokens, payload=texts)
+            if as_tokens and not hasattr(engine, "embed_tokens"):
+                raise InvalidRequestError(f"model {model!r} does not take token ids as input; send text", param="input")
+            native = getattr(engine, "dimensions", 0)
+            if dimensions is not None and dimensions != native and not getattr(engine, "supports_dimensions", False):
+                raise InvalidRequestError(f"model {model!r} does not support the dimensions parameter (its vectors have {native})", param="dimensions")
+            # Token budget of the batch: exact for ids, a cheap estimate for text.
+            tokens = sum(len(i) for i in inputs) if as_tokens else sum(len(t) for t in inputs) // 4 + len(inputs)  # type: ignore[arg-type]
+            ticket = self._enqueue(model, "embedding", meta, size=len(inputs), tokens=tokens, payload=EmbeddingWork(list(inputs), as_tokens, dimensions))
             await self._wait_turn(ticket)
             result: EmbeddingResult = ticket.outcome
         return result
 
     async def _run_batch(self, model: str, tickets: tuple[Ticket, ...]) -> None:
-        texts = [text for ticket in tickets for text in ticket.payload]
         now = trio.current_time()
         for ticket in tickets:
             self.metrics.on_admitted(model, "embedding", now - ticket.enqueued_at)
-        self.metrics.on_embedding_batch(model, len(texts))
+        self.metrics.on_embedding_batch(model, sum(t.size for t in tickets))
+        # One engine call per kind of input (text or ids, and requested dimensions).
+        groups: dict[tuple[bool, int | None], list[Ticket]] = {}
+        for ticket in tickets:
+            work: EmbeddingWork = ticket.payload
+            groups.setdefault((work.as_tokens, work.dimensions), []).append(ticket)
         try:
-            engine = self.pool.slot(model).engine
-            if engine is None:
-                raise EngineError(f"model {model} was unloaded")
-            result = await engine.embed(texts)  # type: ignore[attr-defined]
-        except Exception as exc:
-            log(logger, logging.ERROR, "embedding batch failed", model=model, texts=len(texts), error=str(exc))
-            for ticket in tickets:
-                ticket.outcome = EngineUnavailableError(f"model {model!r} failed: {exc}")
-        else:
-            start = 0
-            counts = result.token_counts or [0] * len(texts)
-            for ticket in tickets:
-                end = start + ticket.size
-                ticket.outcome = EmbeddingResult(
-                    vectors=result.vectors[start:end],
-                    prompt_tokens=sum(counts[start:end]),
-                    truncated=sum(1 for c in counts[start:end] if c > getattr(engine, "max_seq_length", 1 << 30)),
-                    dimensions=result.dimensions,
-                    token_counts=counts[start:end],
-                )
-                start = end
+            for (as_tokens, dimensions), group in groups.items():
+                await self._embed_group(model, group, as_tokens, dimensions)
         finally:
             self.embedding_busy.discard(model)
             now = trio.current_time()
@@ -300,6 +303,38 @@ class ControlPlane:
                     self.metrics.on_finished(model, "embedding", "error", 0, 0, now - ticket.enqueued_at)
                 ticket.done.set()  # type: ignore[attr-defined]
                 self._finished(model)
+
+    async def _embed_group(self, model: str, group: list[Ticket], as_tokens: bool, dimensions: int | None) -> None:
+        inputs = [item for ticket in group for item in ticket.payload.inputs]
+        try:
+            engine = self.pool.slot(model).engine
+            if engine is None:
+                raise EngineError(f"model {model} was unloaded")
+            call = engine.embed_tokens if as_tokens else engine.embed  # type: ignore[attr-defined]
+            result = await call(inputs, dimensions)
+        except ValueError as exc:  # the engine found the input wrong (token ids outside the vocabulary...)
+            for ticket in group:
+                ticket.outcome = InvalidRequestError(str(exc), param="input")
+            return
+        except Exception as exc:
+            log(logger, logging.ERROR, "embedding batch failed", model=model, inputs=len(inputs), error=str(exc))
+            for ticket in group:
+                ticket.outcome = EngineUnavailableError(f"model {model!r} failed: {exc}")
+            return
+        counts = result.token_counts or apportion(result.prompt_tokens, [len(i) for i in inputs])
+        limit = getattr(engine, "max_seq_length", 0) or 1 << 30
+        start = 0
+        for ticket in group:
+            end = start + ticket.size
+            mine = counts[start:end]
+            ticket.outcome = EmbeddingResult(
+                vectors=result.vectors[start:end],
+                prompt_tokens=sum(min(c, limit) for c in mine),
+                truncated=sum(1 for c in mine if c > limit),
+                dimensions=result.dimensions,
+                token_counts=mine,
+            )
+            start = end
 
     # ------------------------------------------------------------------ views
 

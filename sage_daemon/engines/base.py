@@ -97,7 +97,7 @@ class EmbeddingResult(msgspec.Struct):
     prompt_tokens: int  # total tokens across inputs, for usage
     truncated: int = 0  # how many inputs were cut at the model's max length
     dimensions: int = 0
-    token_counts: list[int] = []  # tokens of each input as the model sees it (before truncation)
+    token_counts: list[int] = []  # tokens of each input before truncation at max_seq_length (empty if unknown)
 
 
 class EngineHealth(msgspec.Struct):

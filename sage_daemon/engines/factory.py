@@ -4,7 +4,10 @@ serves only remote models never imports torch or llama.cpp."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+import trio
 
 from sage_client.protocol import NodeInfo
 from sage_daemon.core.config import Config, ControlConfig, ModelConfig
@@ -24,7 +27,11 @@ def engine_threads(control: ControlConfig, node: NodeInfo, kind: str, configured
     return node.cpu_count if control.cpu_sharing == "interleave" else max(1, node.cpu_count // 2)
 
 
-def make_factory(config: Config, node: NodeInfo, data_dir: Path, llm_gate: StepGate, embedding_gate: StepGate) -> EngineFactory:
+def make_factory(
+    config: Config, node: NodeInfo, data_dir: Path, llm_gate: StepGate, embedding_gate: StepGate, nursery: Callable[[], trio.Nursery]
+) -> EngineFactory:
+    """`nursery` gives the nursery that child-process engines (vLLM) run their supervisors in."""
+
     def build(model: ModelConfig, placement: Placement) -> Engine:
         threads = engine_threads(config.control, node, model.kind, model.threads)
         if placement.backend == "llamacpp":
@@ -42,26 +49,30 @@ def make_factory(config: Config, node: NodeInfo, data_dir: Path, llm_gate: StepG
         if placement.backend == "sentence-transformers":
             from sage_daemon.engines.sentence_transformers import SentenceTransformersEngine, SentenceTransformersSpec
 
-            device = placement.device if placement.device != "cpu" else "cpu"
             st_spec = SentenceTransformersSpec(
                 name=model.name,
                 model_path=str(resolve_local_source(model.sources.sentence_transformers, data_dir)),
-                device=device,
+                device="cuda" if placement.device.startswith("cuda") else "cpu",
                 threads=threads,
+                max_batch=config.control.max_batch_texts,
             )
             return SentenceTransformersEngine(st_spec, gate=embedding_gate)
         if placement.backend == "remote":
             from sage_daemon.engines.remote import RemoteOpenAIEngine, RemoteSpec
 
-            api_key = os.environ.get(model.remote_api_key_env, "") if model.remote_api_key_env else ""
-            return RemoteOpenAIEngine(RemoteSpec(name=model.name, kind=model.kind, base_url=model.sources.remote, remote_model=model.remote_model or model.name, api_key=api_key))
+            api_key = os.environ.get(model.remote_api_key_env) if model.remote_api_key_env else None
+            remote = RemoteSpec(name=model.name, kind=model.kind, base_url=model.sources.remote, remote_model=model.remote_model or None, api_key=api_key, parallel=model.parallel)
+            return RemoteOpenAIEngine(remote)
         if placement.backend == "vllm":
             from sage_daemon.engines.vllm import VllmEngine, VllmSpec
 
-            gpu = int(placement.device.split(":")[1]) if placement.device.startswith("cuda:") else 0
-            return VllmEngine(
-                VllmSpec(name=model.name, model=model.sources.vllm, kind=model.kind, max_model_len=model.n_ctx, max_num_seqs=model.parallel, gpu_index=gpu, extra_args=list(model.vllm_args), is_wsl2=node.is_wsl2)
+            gpu = int(placement.device.split(":")[1]) if placement.device.startswith("cuda:") else None
+            vllm = VllmSpec(
+                name=model.name, model=model.sources.vllm, kind=model.kind, gpu_index=gpu, max_model_len=model.n_ctx,
+                max_num_seqs=model.parallel, extra_args=list(model.vllm_args),
+                restart_backoff_initial_s=config.engines.restart_backoff_s, restart_backoff_max_s=config.engines.restart_backoff_max_s,
             )
+            return VllmEngine(vllm, nursery=nursery(), is_wsl2=node.is_wsl2)
         raise ValueError(f"model {model.name!r}: cannot place it ({placement.reason})")
 
     return build

@@ -113,6 +113,7 @@ class EnginePool:
         budget = engines.memory_budget_gb * 2**30 if engines.memory_budget_gb > 0 else 0.8 * node.memory_total_bytes
         self.memory_budget_bytes = int(budget) if budget else None
         self._changed = trio.Condition()  # users or states changed: eviction waits on it
+        self.nursery: trio.Nursery | None = None
         for slot in self.slots.values():
             if slot.placement.backend == "llamacpp" and "fallback" in slot.placement.reason:
                 log(logger, logging.INFO, "model placed on CPU", model=slot.config.name, reason=slot.placement.reason)
@@ -278,8 +279,9 @@ class EnginePool:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, interval_s: float = 0.5) -> None:
         """Load required models, then expire idle ones and restart dead ones until cancelled."""
-        task_status.started()
         async with trio.open_nursery() as nursery:
+            self.nursery = nursery  # engines that supervise child processes run their tasks here
+            task_status.started()
             for slot in self.slots.values():
                 if slot.config.required:
                     nursery.start_soon(self._load_required, slot.config.name)

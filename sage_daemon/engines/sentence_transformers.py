@@ -308,7 +308,7 @@ class SentenceTransformersEngine:
             prompt_tokens=sum(min(n, limit) for n in full_lengths),
             truncated=sum(1 for n in full_lengths if n > limit),
             dimensions=self.dimensions,
-            token_counts=full_lengths,  # per input: the control plane splits usage per request by these
+            token_counts=full_lengths,
         )
 
     def _embed_ids_blocking(self, token_lists: list[list[int]]) -> EmbeddingResult:
@@ -332,7 +332,8 @@ class SentenceTransformersEngine:
                     return embedding.float().cpu().tolist()
 
             vectors.extend(self._gated(forward))
-        return EmbeddingResult(vectors, sum(len(s) for s in sequences), truncated, self.dimensions, token_counts=[len(s) for s in sequences])
+        full_lengths = [len(prefix) + len(ids) + len(suffix) for ids in token_lists]
+        return EmbeddingResult(vectors, sum(len(s) for s in sequences), truncated, self.dimensions, token_counts=full_lengths)
 
 
 def _token_layout(model: Any) -> tuple[list[int], list[int], dict[str, Any]]:

@@ -516,13 +516,11 @@ def create_app(services: Services) -> QuartTrio:
             info = plane.get_model(req.model)
             if info.kind != "embedding":
                 raise bad_request(f"model {req.model!r} is an LLM, not an embedding model", param="model")
-            if req.dimensions is not None and req.dimensions != info.dimensions:
-                raise bad_request(
-                    f"model {req.model!r} does not support truncating its embeddings: dimensions must be {info.dimensions} or left out",
-                    param="dimensions",
-                )
             with services.lifecycle.track():
-                result = await plane.embed(req.model, inputs, meta)
+                if req.dimensions is None:
+                    result = await plane.embed(req.model, inputs, meta)
+                else:  # the plane answers 400 unless the model can truncate (Matryoshka) to that size
+                    result = await plane.embed(req.model, inputs, meta, dimensions=req.dimensions)  # type: ignore[call-arg]
         except Exception as exc:
             api = from_exception(exc, param_hint="input")
             if api is None:

@@ -68,7 +68,7 @@ class FakeEmbedder:
     def stats(self) -> EngineStats:
         return EngineStats()
 
-    async def embed(self, texts: list[str]) -> EmbeddingResult:
+    async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
         self.batches.append(len(texts))
         await trio.sleep(0.05)
         return EmbeddingResult([[float(len(t)), 1.0] for t in texts], sum(len(t) for t in texts), dimensions=2, token_counts=[len(t) for t in texts])

@@ -117,10 +117,12 @@ class FakeControlPlane:
                 self.running -= 1
                 self.closed_streams += 1
 
-    async def embed(self, model: str, inputs: list[str] | list[list[int]], meta: RequestMeta) -> EmbeddingResult:
+    async def embed(self, model: str, inputs: list[str] | list[list[int]], meta: RequestMeta, dimensions: int | None = None) -> EmbeddingResult:
         info = self.get_model(model)
         if info.kind != "embedding":
             raise InvalidRequestError(f"model {model!r} is not an embedding model", param="model")
+        if dimensions is not None and dimensions != info.dimensions:
+            raise InvalidRequestError(f"model {model!r} does not support the dimensions parameter (its vectors have {info.dimensions})", param="dimensions")
         if inputs and not isinstance(inputs[0], str):
             raise InvalidRequestError("model 'emb' takes text, not token ids", param="input")
         self.embedded.append((model, inputs, meta))

