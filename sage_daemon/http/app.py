@@ -278,6 +278,9 @@ def create_app(services: Services) -> QuartTrio:
         elif status == 413:
             limit = services.config.http.max_body_bytes
             api = ApiError(413, f"the request body is larger than the limit of {limit} bytes (http.max_body_bytes)", code="request_too_large")
+            # The body was not read: close the connection, or a client still sending it waits on
+            # a server that no longer reads (clients like httpx read the answer after the write fails).
+            headers["Connection"] = "close"
         elif status >= 500:
             return await _unexpected(error)
         else:

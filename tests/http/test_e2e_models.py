@@ -26,7 +26,9 @@ pytestmark = pytest.mark.slow
 
 KEY = "sk-e2e-test-key"
 FRANCE = [
-    {"role": "system", "content": "You are a helpful AI assistant named SmolLM, trained by Hugging Face"},
+    # With its template's default system prompt SmolLM2-135M answers this one badly, through
+    # llama-cpp-python's own chat path as well; with a plain one it says Paris.
+    {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is the capital of France?"},
 ]
 
@@ -102,9 +104,7 @@ def test_chat_with_the_sync_sdk(live: LiveDaemon) -> None:
         reply = client.chat.completions.create(model="smollm2", messages=FRANCE, max_tokens=24, temperature=0)
     assert reply.object == "chat.completion" and reply.model == "smollm2" and reply.id.startswith("chatcmpl-")
     choice = reply.choices[0]
-    # (SmolLM2 through llama-cpp-python's own chat path says "Paris"; our engine's answer is
-    # checked for shape here, its quality belongs to the engine's tests.)
-    assert choice.message.role == "assistant" and choice.message.content.strip()
+    assert choice.message.role == "assistant" and "Paris" in choice.message.content
     assert choice.finish_reason in ("stop", "length")
     usage = reply.usage
     assert usage.prompt_tokens > 5 and 0 < usage.completion_tokens <= 24 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
@@ -263,16 +263,18 @@ def test_raw_http_errors(live: LiveDaemon) -> None:
 
 
 def test_disconnect_mid_stream_frees_the_slot(live: LiveDaemon) -> None:
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long story about a dragon."}], "max_tokens": 2000, "stream": True}
+    # ignore_eos (vLLM's extension): the generation cannot end by itself before the disconnect.
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long story about a dragon."}], "max_tokens": 2000, "ignore_eos": True, "stream": True}
     with live.http() as http:
         with http.stream("POST", "/v1/chat/completions", json=body) as r:
             assert r.status_code == 200
             seen = 0
-            for line in r.iter_lines():
+            lines = r.iter_lines()  # held: an abandoned iterator would close the response (a disconnect)
+            for line in lines:
                 seen += line.startswith("data: ")
                 if seen >= 5:
                     break
-            assert metric(http.get("/metrics").text, "sage:num_requests_running", model_name="smollm2") in (0.0, 1.0)
+            assert metric(http.get("/metrics").text, "sage:num_requests_running", model_name="smollm2") == 1.0
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             text = http.get("/metrics").text
