@@ -3,10 +3,12 @@
 The protocol is sd_listen_fds(3): descriptors start at 3 (SD_LISTEN_FDS_START), `LISTEN_FDS`
 says how many, `LISTEN_PID` must be our pid (otherwise they were meant for a parent and we
 inherited the variables by accident), and `LISTEN_FDNAMES` names them, colon-separated, from
-the socket unit's `FileDescriptorName=`. sage.socket names its two doors `rpc` and `http`.
+the socket unit's `FileDescriptorName=`.
 
-Without names (an older socket unit, or a tool that passes none) the family decides: AF_UNIX
-is the RPC door, AF_INET/AF_INET6 the HTTP door. Anything else is an error that names the fix,
+sage.socket (`rpc`) and sage-http.socket (`http`) are two units because FileDescriptorName=
+names every socket of one unit alike. Without names (one socket unit with both ListenStream=
+lines, or a tool that passes none) the family decides: AF_UNIX is the RPC door, AF_INET and
+AF_INET6 the HTTP door. Anything else is an error that names the fix,
 because silently binding our own socket next to systemd's would leave the unit's socket dead.
 """
 
@@ -42,7 +44,8 @@ class ActivatedSockets(msgspec.Struct, frozen=True):
 def _door_of(sock: socket.socket, name: str, index: int) -> str:
     if name in (RPC_NAME, HTTP_NAME):
         return name
-    unnamed = name in ("", "unknown", "stored", "connection")  # systemd's defaults for unnamed fds
+    # systemd names an fd after its socket unit ("sage.socket") when FileDescriptorName= is unset.
+    unnamed = name in ("", "unknown", "stored", "connection") or name.endswith(".socket")
     if unnamed and sock.family == socket.AF_UNIX:
         return RPC_NAME
     if unnamed and sock.family in (socket.AF_INET, socket.AF_INET6):
