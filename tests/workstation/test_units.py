@@ -89,7 +89,7 @@ def test_units_match_the_daemon_and_the_issue() -> None:
         "Type": "notify", "Restart": "on-failure", "User": "sage", "StateDirectory": "sage", "RuntimeDirectory": "sage",
         "CacheDirectory": "sage", "LogsDirectory": "sage", "ConfigurationDirectory": "sage", "NoNewPrivileges": "yes",
         "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "PrivateDevices": "yes",
-        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6", "CapabilityBoundingSet": "", "MemoryDenyWriteExecute": "yes",
+        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6", "CapabilityBoundingSet": "", "MemoryDenyWriteExecute": "no",
         "ExecReload": "/bin/kill -HUP $MAINPID", "RuntimeDirectoryPreserve": "yes",
     }.items():
         assert system.get(key, [None])[0] == value, f"sage.service {key}={system.get(key)}"
