@@ -7,6 +7,7 @@ before the daemon is up waits in the kernel's listen queue and must be answered.
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from sage_client.rpc import RpcClient
+from tests.conftest import REPO
 from tests.workstation.conftest import ActivatedDaemon, needs_socket_activate
 
 pytestmark = [pytest.mark.slow, needs_socket_activate]
@@ -120,3 +122,15 @@ def test_watchdog_pings_only_when_meant_for_this_pid(activate: Any) -> None:
     messages = other.notify.wait_for("READY=1")
     time.sleep(0.6)
     assert not any(m == "WATCHDOG=1" for m in other.notify.collect(0.2) + messages)
+
+
+def test_ready_means_both_doors_answer_at_once(spawn_daemon: Any) -> None:
+    """Without activation the daemon binds its own doors; READY=1 comes only once both serve,
+    so a client that waited for it never needs a retry."""
+    daemon = spawn_daemon(env={"PYTHONPATH": str(REPO)})  # waits for READY=1
+    ready = next(m for m in daemon.notify.messages if "READY=1" in m.split("\n"))
+    url = re.search(r"STATUS=serving on (http://\S+) and ", ready).group(1)  # type: ignore[union-attr]
+    assert httpx.get(url + "/health", timeout=5).status_code == 200
+    with RpcClient(daemon.socket, timeout=5) as client:
+        assert client.welcome is not None and client.welcome.http_url == url
+        assert client.call("ping", {"payload": "ready"}).payload == "ready"
