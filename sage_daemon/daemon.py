@@ -31,6 +31,7 @@ from sage_daemon.core.activation import ActivationError, take_activated_sockets
 from sage_daemon.core.config import LIVE_KEYS, Config, ConfigError, LoadedConfig, ModelConfig, diff_keys, load_config
 from sage_daemon.core.lifecycle import Lifecycle
 from sage_daemon.core.logging import log, set_level
+from sage_daemon.core.metrics import Metrics
 from sage_daemon.core.nodes import detect_node
 from sage_daemon.core.paths import Paths, resolve_paths
 from sage_daemon.core.ports import PortInUseError, port_holder
@@ -88,7 +89,7 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_control_plane(config: Config, node: NodeInfo, paths: Paths) -> ControlPlane:
+def build_control_plane(config: Config, node: NodeInfo, paths: Paths, metrics: Metrics | None = None) -> ControlPlane:
     """The engine pool and the control plane over it, sharing one CPU gate between engines."""
     gate = CpuGate(embedding_first=config.control.policy == "hybrid")
     interleave = config.control.cpu_sharing == "interleave"
@@ -113,7 +114,7 @@ def build_control_plane(config: Config, node: NodeInfo, paths: Paths) -> Control
 
     pool = EnginePool(config, node, factory, memory_of)
     pool_ref.append(pool)
-    return ControlPlane(pool, config.control, gate=gate)
+    return ControlPlane(pool, config.control, metrics=metrics, gate=gate)
 
 
 class Daemon:
@@ -152,13 +153,15 @@ class Daemon:
 
             host, port = http_sock.getsockname()[:2]
             node = await trio.to_thread.run_sync(detect_node, config.nodes)
-            control = build_control_plane(config, node, self.paths)
+            metrics = Metrics()
+            control = build_control_plane(config, node, self.paths, metrics)
             services = Services(
                 loaded=self.loaded,
                 paths=self.paths,
                 node=node,
                 lifecycle=self.lifecycle,
                 control=control,
+                metrics=metrics,
                 http_url=f"http://{'[' + host + ']' if ':' in host else host}:{port}",
             )
             self.services = services

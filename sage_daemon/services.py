@@ -9,6 +9,7 @@ from sage_client.protocol import NodeInfo
 from sage_daemon.control.plane import ControlPlane
 from sage_daemon.core.config import LoadedConfig
 from sage_daemon.core.lifecycle import Lifecycle
+from sage_daemon.core.metrics import Metrics
 from sage_daemon.core.paths import Paths
 
 
@@ -20,6 +21,7 @@ class Services:
     lifecycle: Lifecycle
     control: ControlPlane
     http_url: str = ""
+    metrics: Metrics = field(default_factory=Metrics)  # the daemon's Prometheus registry (GET /metrics)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

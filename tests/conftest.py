@@ -47,16 +47,20 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-async def daemon(clean_env: Path, nursery: trio.Nursery):  # noqa: ANN201
+async def start_daemon(root: Path, nursery: trio.Nursery, extra: list[tuple[str, Any, str]] = ()) -> Any:  # type: ignore[assignment]
     """A real daemon in this trio run, on an ephemeral HTTP port and a private socket."""
     from sage_daemon.core.config import load_config
     from sage_daemon.daemon import Daemon
 
-    overrides = isolated_overrides(clean_env)
+    overrides = isolated_overrides(root) + list(extra)
     instance = Daemon(load_config(None, overrides), None, overrides)
     await nursery.start(instance.run)
-    yield instance
+    return instance
+
+
+@pytest.fixture
+async def daemon(clean_env: Path, nursery: trio.Nursery):  # noqa: ANN201
+    yield await start_daemon(clean_env, nursery)
     nursery.cancel_scope.cancel()
 
 

@@ -263,7 +263,6 @@ class ControlPlane:
         if not inputs:
             raise InvalidRequestError("input must not be empty", param="input")
         as_tokens = isinstance(inputs[0], list)
-        started = trio.current_time()
         async with self.pool.use(model, meta.keep_alive_s) as engine:
             if as_tokens and not hasattr(engine, "embed_tokens"):
                 raise InvalidRequestError(f"model {model!r} does not take token ids as input; send text", param="input")
@@ -275,7 +274,6 @@ class ControlPlane:
             ticket = self._enqueue(model, "embedding", meta, size=len(inputs), tokens=tokens, payload=EmbeddingWork(list(inputs), as_tokens, dimensions))
             await self._wait_turn(ticket)
             result: EmbeddingResult = ticket.outcome
-        self.metrics.on_finished(model, "embedding", "stop", result.prompt_tokens, 0, trio.current_time() - started)
         return result
 
     async def _run_batch(self, model: str, tickets: tuple[Ticket, ...]) -> None:
@@ -293,7 +291,14 @@ class ControlPlane:
                 await self._embed_group(model, group, as_tokens, dimensions)
         finally:
             self.embedding_busy.discard(model)
+            now = trio.current_time()
             for ticket in tickets:
+                # Every admitted ticket ends here, whatever its caller does (gauges stay balanced).
+                outcome = ticket.outcome
+                if isinstance(outcome, EmbeddingResult):
+                    self.metrics.on_finished(model, "embedding", "stop", outcome.prompt_tokens, 0, now - ticket.enqueued_at)
+                else:
+                    self.metrics.on_finished(model, "embedding", "error", 0, 0, now - ticket.enqueued_at)
                 ticket.done.set()  # type: ignore[attr-defined]
                 self._finished(model)
 
@@ -387,6 +392,8 @@ class GenerationStream:
         self._stack = stack
         self._inner: Any = None
         self._admitted = False
+        self._reported = False  # on_finished was called (exactly once per admitted stream)
+        self._end_reason = "cancelled"  # what an end without a final chunk counts as
         self._closed = False
         self._started = trio.current_time()
         self._last_token_at: float | None = None
@@ -413,6 +420,7 @@ class GenerationStream:
             await self.aclose()
             raise
         except EngineError as exc:
+            self._end_reason = "error"
             await self.aclose()
             raise EngineUnavailableError(f"model {model!r} failed: {exc}") from None
         except BaseException:
@@ -426,6 +434,7 @@ class GenerationStream:
                 metrics.on_token(model, now - self._last_token_at)
             self._last_token_at = now
         if chunk.finish_reason is not None:
+            self._reported = True
             metrics.on_finished(model, self.ticket.kind, chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens, now - self._started)
             if chunk.finish_reason == "error":
                 await self.aclose()
@@ -441,6 +450,11 @@ class GenerationStream:
                 if self._inner is not None:
                     await self._inner.aclose()
             finally:
+                if self._admitted and not self._reported:
+                    self._reported = True
+                    self.plane.metrics.on_finished(
+                        self.ticket.model, self.ticket.kind, self._end_reason, 0, 0, trio.current_time() - self._started
+                    )
                 if self._admitted:
                     self.plane.running[self.ticket.model] -= 1
                     self.plane._finished(self.ticket.model)

@@ -47,6 +47,9 @@ def force_hf_offline() -> None:
     """Make Hugging Face libraries refuse the network, even if they were imported before."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # A daemon's log is no place for progress bars ("Loading weights: 100%|███|").
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import sys
 
     constants = sys.modules.get("huggingface_hub.constants")

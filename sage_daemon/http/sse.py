@@ -1,0 +1,159 @@
+"""Server-sent events as OpenAI streams them, with no I/O: objects that turn generation chunks
+into the bytes of `data: {...}\\n\\n` events (hypercorn's protocol/IO split). The route owns the
+I/O: it feeds chunks in and writes out whatever bytes come back.
+
+A chat stream is: one chunk per choice with the role in its delta, content deltas, a chunk with
+`finish_reason` per choice, the usage chunk (`choices: []`) when `stream_options.include_usage`
+asked for it, then `data: [DONE]`. An error after the stream started is one event carrying the
+OpenAI error object, then `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from sage_daemon.engines.base import GenerationChunk
+from sage_daemon.http.schemas import (
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatDelta,
+    Completion,
+    CompletionChoice,
+    ErrorResponse,
+    Usage,
+)
+
+DONE = b"data: [DONE]\n\n"
+_encoder = msgspec.json.Encoder()
+
+
+def event(obj: object) -> bytes:
+    """One SSE event whose data is `obj` as JSON (JSON never contains a raw newline)."""
+    return b"data: " + _encoder.encode(obj) + b"\n\n"
+
+
+def public_finish_reason(reason: str | None) -> str | None:
+    """Engines' reasons as OpenAI's: stop and length pass; anything else ended as a stop."""
+    if reason is None or reason in ("stop", "length"):
+        return reason
+    return "stop"
+
+
+class _Stream:
+    """Counts tokens per choice and knows which choices have finished."""
+
+    def __init__(self, *, id: str, model: str, created: int, n: int = 1, include_usage: bool = False, prompt_of: list[int] | None = None):  # noqa: A002
+        """`prompt_of[i]` is the prompt that choice i continues (default: all share one prompt),
+        so usage counts each prompt once, as OpenAI does for n > 1."""
+        self.prompt_of = prompt_of if prompt_of is not None else [0] * n
+        self.id = id
+        self.model = model
+        self.created = created
+        self.n = n
+        self.include_usage = include_usage
+        self.prompt_tokens = [0] * n
+        self.completion_tokens = [0] * n
+        self.finished = [False] * n
+        self.closed = False
+
+    @property
+    def all_finished(self) -> bool:
+        return all(self.finished)
+
+    def usage(self) -> Usage:
+        per_prompt: dict[int, int] = {}
+        for index, tokens in enumerate(self.prompt_tokens):
+            key = self.prompt_of[index]
+            per_prompt[key] = max(per_prompt.get(key, 0), tokens)
+        prompt = sum(per_prompt.values())
+        completion = sum(self.completion_tokens)
+        return Usage(prompt, completion, prompt + completion)
+
+    def _count(self, index: int, chunk: GenerationChunk) -> None:
+        if chunk.prompt_tokens:
+            self.prompt_tokens[index] = chunk.prompt_tokens
+        if chunk.completion_tokens:
+            self.completion_tokens[index] = chunk.completion_tokens
+        elif chunk.token_ids:
+            self.completion_tokens[index] += len(chunk.token_ids)
+
+    def error(self, error: ErrorResponse) -> bytes:
+        """The error event, then [DONE]: the stream ends here."""
+        if self.closed:
+            return b""
+        self.closed = True
+        return event(error) + DONE
+
+
+class ChatStream(_Stream):
+    """`chat.completion.chunk` events for `n` choices of one request."""
+
+    def __init__(self, **kwargs: object):
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.started = [False] * self.n
+
+    def _chunk(self, choices: list[ChatChunkChoice]) -> bytes:
+        return event(ChatCompletionChunk(self.id, self.created, self.model, choices))
+
+    def start(self) -> bytes:
+        """The first event of every choice: the assistant role with empty content."""
+        out = b""
+        for index in range(self.n):
+            if not self.started[index]:
+                self.started[index] = True
+                out += self._chunk([ChatChunkChoice(index, ChatDelta(role="assistant", content=""))])
+        return out
+
+    def feed(self, index: int, chunk: GenerationChunk) -> bytes:
+        """The events for one chunk of choice `index` (content delta, then the finish chunk)."""
+        if self.closed or self.finished[index]:
+            return b""
+        out = b"" if self.started[index] else self.start()
+        self._count(index, chunk)
+        if chunk.text:
+            out += self._chunk([ChatChunkChoice(index, ChatDelta(content=chunk.text))])
+        if chunk.finish_reason is not None:
+            self.finished[index] = True
+            out += self._chunk([ChatChunkChoice(index, ChatDelta(), public_finish_reason(chunk.finish_reason))])
+        return out
+
+    def end(self) -> bytes:
+        """After every choice finished: the usage chunk when asked for, then [DONE]."""
+        if self.closed:
+            return b""
+        self.closed = True
+        out = b""
+        if self.include_usage:
+            out += event(ChatCompletionChunk(self.id, self.created, self.model, [], usage=self.usage()))
+        return out + DONE
+
+
+class CompletionStream(_Stream):
+    """`text_completion` events (the legacy completions stream) for `n` choices."""
+
+    def _chunk(self, index: int, text: str, finish_reason: str | None) -> bytes:
+        return event(Completion(self.id, self.created, self.model, [CompletionChoice(index, text, finish_reason)]))
+
+    def start(self) -> bytes:
+        return b""
+
+    def feed(self, index: int, chunk: GenerationChunk) -> bytes:
+        if self.closed or self.finished[index]:
+            return b""
+        self._count(index, chunk)
+        out = b""
+        if chunk.finish_reason is not None:
+            self.finished[index] = True
+            out += self._chunk(index, chunk.text, public_finish_reason(chunk.finish_reason))
+        elif chunk.text:
+            out += self._chunk(index, chunk.text, None)
+        return out
+
+    def end(self) -> bytes:
+        if self.closed:
+            return b""
+        self.closed = True
+        out = b""
+        if self.include_usage:
+            out += event(Completion(self.id, self.created, self.model, [], usage=self.usage()))
+        return out + DONE

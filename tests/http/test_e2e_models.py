@@ -1,0 +1,286 @@
+"""End to end: the official OpenAI SDK (sync and async) and raw httpx against ONE real daemon
+per test session (a child process) serving the shipped models: smollm2 (chat), gemma3-270m
+(base model: completions only) and minilm (embeddings, 384 dims). API keys are on for this
+daemon, so every call also proves the bearer check; auth off is covered in test_openai_sdk.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import REPO, DaemonProcess
+
+pytestmark = pytest.mark.slow
+
+KEY = "sk-e2e-test-key"
+FRANCE = [
+    {"role": "system", "content": "You are a helpful AI assistant named SmolLM, trained by Hugging Face"},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+
+class LiveDaemon:
+    def __init__(self, process: DaemonProcess, url: str):
+        self.process = process
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {KEY}"}
+
+    def sdk(self, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0, timeout=120, **kwargs)
+
+    def async_sdk(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=120)
+
+
+def start_live_daemon(root: Path, *extra: str) -> LiveDaemon:
+    """A daemon child process running this checkout's code with the shipped models."""
+    env = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "SAGE_API_KEY": KEY, "TOKENIZERS_PARALLELISM": "false"}
+    process = DaemonProcess(root, *extra, env=env)
+    status = " ".join(process.notify.messages)
+    match = re.search(r"serving on (http://\S+)", status)
+    assert match, f"no URL in the daemon's status: {status!r}"
+    return LiveDaemon(process, match.group(1))
+
+
+def engines_missing() -> str | None:
+    """The real engines are another issue's work; until they are in this checkout, say so."""
+    import importlib.util
+
+    for module in ("sage_daemon.engines.llamacpp", "sage_daemon.engines.sentence_transformers"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not in this checkout yet"
+    return None
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
+    if (why := engines_missing()) is not None:
+        pytest.skip(why)
+    daemon = start_live_daemon(tmp_path_factory.mktemp("sage-e2e"))
+    try:
+        with daemon.http() as http:  # load every model once, here, not inside a timed test
+            for path, body in (
+                ("/v1/chat/completions", {"model": "smollm2", "messages": FRANCE, "max_tokens": 1}),
+                ("/v1/completions", {"model": "gemma3-270m", "prompt": "Hello", "max_tokens": 1}),
+                ("/v1/embeddings", {"model": "minilm", "input": "warm up"}),
+            ):
+                r = http.post(path, json=body)
+                assert r.status_code == 200, f"{path}: {r.status_code} {r.text}\n{daemon.process.output()[-4000:]}"
+        yield daemon
+    finally:
+        daemon.process.stop()
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+# -- chat -------------------------------------------------------------------------------------
+
+
+def test_chat_with_the_sync_sdk(live: LiveDaemon) -> None:
+    with live.sdk() as client:
+        reply = client.chat.completions.create(model="smollm2", messages=FRANCE, max_tokens=24, temperature=0)
+    assert reply.object == "chat.completion" and reply.model == "smollm2" and reply.id.startswith("chatcmpl-")
+    choice = reply.choices[0]
+    # (SmolLM2 through llama-cpp-python's own chat path says "Paris"; our engine's answer is
+    # checked for shape here, its quality belongs to the engine's tests.)
+    assert choice.message.role == "assistant" and choice.message.content.strip()
+    assert choice.finish_reason in ("stop", "length")
+    usage = reply.usage
+    assert usage.prompt_tokens > 5 and 0 < usage.completion_tokens <= 24 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+async def test_chat_stream_with_the_async_sdk_matches_the_plain_reply(live: LiveDaemon) -> None:
+    client = live.async_sdk()
+    try:
+        plain = await client.chat.completions.create(model="smollm2", messages=FRANCE, max_tokens=16, temperature=0)
+        stream = await client.chat.completions.create(
+            model="smollm2", messages=FRANCE, max_tokens=16, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+    finally:
+        await client.close()
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content, "greedy decoding streams the same text"
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].choices[0].finish_reason == plain.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+def test_chat_sampling_fields_and_n(live: LiveDaemon) -> None:
+    with live.sdk() as client:
+        reply = client.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": [{"type": "text", "text": "Name a colour."}]}],
+            max_completion_tokens=8, temperature=0.7, top_p=0.9, seed=42, stop=["\n\n"], presence_penalty=0.1,
+            frequency_penalty=0.1, n=2, user="e2e", response_format={"type": "text"},
+        )
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert all(c.finish_reason in ("stop", "length") for c in reply.choices)
+    assert reply.usage.completion_tokens <= 16
+
+
+def test_chat_on_a_model_without_a_template_is_a_bad_request(live: LiveDaemon) -> None:
+    with live.sdk() as client, pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="gemma3-270m", messages=FRANCE, max_tokens=4)
+    assert "template" in str(exc.value)
+
+
+# -- completions --------------------------------------------------------------------------------
+
+
+def test_completions_on_the_base_model(live: LiveDaemon) -> None:
+    with live.sdk() as client:
+        one = client.completions.create(model="gemma3-270m", prompt="The capital of France is", max_tokens=8, temperature=0)
+        two = client.completions.create(model="gemma3-270m", prompt=["One, two,", "Monday, Tuesday,"], max_tokens=4, temperature=0)
+        streamed = list(client.completions.create(model="gemma3-270m", prompt="The capital of France is", max_tokens=8, temperature=0, stream=True))
+    assert one.object == "text_completion" and one.choices[0].text and one.choices[0].finish_reason in ("stop", "length")
+    assert one.usage.completion_tokens <= 8
+    assert [c.index for c in two.choices] == [0, 1] and all(c.text for c in two.choices)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == one.choices[0].text
+
+
+# -- embeddings ---------------------------------------------------------------------------------
+
+
+def test_embeddings_float_and_base64(live: LiveDaemon) -> None:
+    texts = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Quarterly revenue grew by four percent."]
+    with live.sdk() as client:
+        floats = client.embeddings.create(model="minilm", input=texts, encoding_format="float")
+    with live.http() as http:
+        raw = http.post("/v1/embeddings", json={"model": "minilm", "input": texts, "encoding_format": "base64"}).json()
+    assert floats.model == "minilm" and floats.usage.prompt_tokens > 0 and floats.usage.total_tokens == floats.usage.prompt_tokens
+    vectors = [d.embedding for d in floats.data]
+    assert [len(v) for v in vectors] == [384] * 3
+    for item, expected in zip(raw["data"], vectors, strict=True):
+        decoded = struct.unpack("<384f", base64.b64decode(item["embedding"]))
+        assert list(decoded) == pytest.approx(expected, abs=1e-6)
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True)) / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+    assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]) + 0.2
+
+
+def test_embedding_inputs_and_limits(live: LiveDaemon) -> None:
+    with live.sdk() as client:
+        single = client.embeddings.create(model="minilm", input="just one", encoding_format="float")
+        assert len(single.data) == 1 and len(single.data[0].embedding) == 384
+        with pytest.raises(openai.BadRequestError):
+            client.embeddings.create(model="minilm", input="x", dimensions=128)
+        with pytest.raises(openai.BadRequestError):
+            client.embeddings.create(model="smollm2", input="x")
+    with live.http() as http:  # token ids: embedded when the engine can read them, else a 400 that says so
+        r = http.post("/v1/embeddings", json={"model": "minilm", "input": [[101, 7592, 102]]})
+        assert r.status_code in (200, 400), r.text
+        if r.status_code == 400:
+            assert r.json()["error"]["param"] == "input"
+
+
+# -- models, health, metrics --------------------------------------------------------------------
+
+
+def test_models(live: LiveDaemon) -> None:
+    with live.sdk() as client:
+        models = {m.id: m for m in client.models.list().data}
+        assert {"smollm2", "gemma3-270m", "minilm"} <= set(models)
+        assert models["minilm"].model_extra["kind"] == "embedding" and models["smollm2"].model_extra["kind"] == "llm"
+        assert models["smollm2"].owned_by and models["smollm2"].model_extra["backend"]
+        assert client.models.retrieve("gemma3-270m").id == "gemma3-270m"
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("gpt-17")
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="gpt-17", messages=FRANCE)
+
+
+def test_health_and_metrics_are_open(live: LiveDaemon) -> None:
+    r = httpx.get(live.url + "/health", timeout=30)
+    assert r.status_code == 200 and r.json()["status"] == "ok", r.text
+    text = httpx.get(live.url + "/metrics", timeout=30).text
+    assert (metric(text, "sage:request_success_total", model_name="smollm2", finished_reason="stop") or 0) + (
+        metric(text, "sage:request_success_total", model_name="smollm2", finished_reason="length") or 0
+    ) >= 1
+    assert (metric(text, "sage:time_to_first_token_seconds_count", model_name="smollm2") or 0) >= 1
+    assert (metric(text, "sage:prompt_tokens_total", model_name="minilm") or 0) >= 1
+    assert (metric(text, "sage:embedding_batch_size_count", model_name="minilm") or 0) >= 1
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def test_error_classes_with_the_sdk(live: LiveDaemon) -> None:
+    with live.sdk() as client:
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="smollm2", messages=FRANCE, temperature=9)
+        with pytest.raises(openai.BadRequestError) as too_long:
+            client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "word " * 6000}], max_tokens=16)
+        message = str(too_long.value)
+        assert "4096" in message and re.search(r"\d{4,}", message), message
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="smollm2", messages=FRANCE, logprobs=True)
+    with openai.OpenAI(base_url=live.url + "/v1", api_key="wrong", max_retries=0) as stranger, pytest.raises(openai.AuthenticationError):
+        stranger.models.list()
+
+
+def test_raw_http_errors(live: LiveDaemon) -> None:
+    with live.http() as http:
+        def error(r: httpx.Response, status: int) -> dict[str, Any]:
+            assert r.status_code == status, r.text
+            assert r.headers["x-request-id"]
+            return r.json()["error"]
+
+        assert error(http.post("/v1/chat/completions", content=b'{"model": "smollm2",', headers={"content-type": "application/json"}), 400)["code"] == "invalid_json"
+        error(http.post("/v1/chat/completions", content=json.dumps({"model": "smollm2", "messages": FRANCE}), headers={"content-type": "text/plain"}), 415)
+        big = b'{"model": "minilm", "input": "' + b"a" * (8 * 1024 * 1024 + 10) + b'"}'
+        assert error(http.post("/v1/embeddings", content=big, headers={"content-type": "application/json"}), 413)["code"] == "request_too_large"
+        error(http.get("/v1/engines"), 404)
+        error(http.get("/v1/chat/completions"), 405)
+        assert http.get("/v1/models", headers={"x-request-id": "trace-me"}).headers["x-request-id"] == "trace-me"
+
+
+def test_disconnect_mid_stream_frees_the_slot(live: LiveDaemon) -> None:
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long story about a dragon."}], "max_tokens": 2000, "stream": True}
+    with live.http() as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            seen = 0
+            for line in r.iter_lines():
+                seen += line.startswith("data: ")
+                if seen >= 5:
+                    break
+            assert metric(http.get("/metrics").text, "sage:num_requests_running", model_name="smollm2") in (0.0, 1.0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = http.get("/metrics").text
+            if metric(text, "sage:num_requests_running", model_name="smollm2") == 0.0:
+                break
+            time.sleep(0.05)
+        assert metric(text, "sage:num_requests_running", model_name="smollm2") == 0.0, "the disconnected stream still holds its slot"
+        assert (metric(text, "sage:request_success_total", model_name="smollm2", finished_reason="cancelled") or 0) >= 1
+        # and the daemon keeps serving
+        r = http.post("/v1/chat/completions", json={"model": "smollm2", "messages": FRANCE, "max_tokens": 4})
+        assert r.status_code == 200, r.text

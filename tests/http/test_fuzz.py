@@ -1,0 +1,101 @@
+"""Schemathesis against GET /openapi.json on a running daemon, loopback only, bounded in count
+and time: whatever it sends (valid or not), the door answers without a 500, every error is
+OpenAI-shaped, and the daemon is still healthy afterwards.
+
+Half of the valid bodies are steered to real model names with small max_tokens/n, so the
+generation paths run too instead of stopping at "model not found"; the steering only bounds
+the run time (the schema itself allows far more)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import trio
+
+schemathesis = pytest.importorskip("schemathesis")
+
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.errors import Unsatisfiable  # noqa: E402
+
+from tests.http.conftest import FakeDaemon  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+GENERATION_LIMITS = {"max_tokens": 8, "max_completion_tokens": 8, "n": 2}
+
+
+def steer(body: Any, model: str) -> None:
+    if not isinstance(body, dict):
+        return
+    body["model"] = model
+    for key, limit in GENERATION_LIMITS.items():
+        if isinstance(body.get(key), int) and not isinstance(body.get(key), bool):
+            body[key] = max(1, min(body[key], limit))
+    if "messages" in body or "prompt" in body:
+        body.setdefault("max_tokens", 8)
+        if isinstance(body.get("prompt"), list):
+            body["prompt"] = body["prompt"][:2]
+
+
+def fuzz(base_url: str, headers: dict[str, str], models: list[str], *, max_examples: int, budget_s: float) -> dict[str, int]:
+    """Run every operation of the daemon's own OpenAPI document; return status counts."""
+    import requests
+
+    assert base_url.startswith(("http://127.0.0.1:", "http://[::1]:", "http://localhost:")), "fuzz on loopback only"
+    schema = schemathesis.openapi.from_url(base_url + "/openapi.json", headers=headers, timeout=30)
+    statuses: dict[str, int] = {}
+    started = time.monotonic()
+    session = requests.Session()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+            if time.monotonic() - started > budget_s:
+                statuses["skipped-over-budget"] = statuses.get("skipped-over-budget", 0) + 1
+                continue
+
+            @settings(max_examples=max_examples, deadline=None, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck), derandomize=True)
+            @given(case=operation.as_strategy(generation_mode=mode), model=st.sampled_from(models), steered=st.booleans())
+            def run(case: Any, model: str, steered: bool) -> None:
+                if steered and mode is schemathesis.GenerationMode.POSITIVE:
+                    steer(case.body, model)
+                try:
+                    response = case.call(base_url=base_url, headers=headers, session=session, timeout=120)
+                except (ValueError, UnicodeError, requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL):
+                    return  # the client library refused to send it (e.g. a header that is not latin-1)
+                key = f"{operation.method.upper()} {operation.path} {response.status_code}"
+                statuses[key] = statuses.get(key, 0) + 1
+                where = f"{operation.method.upper()} {operation.path} ({mode}) body={json.dumps(case.body, default=str)[:500]} -> {response.status_code} {response.text[:500]}"
+                assert response.status_code != 500, where
+                assert response.headers.get("x-request-id"), where
+                if response.status_code >= 400:
+                    error = response.json()["error"]
+                    assert set(error) == {"message", "type", "param", "code"}, where
+
+            try:
+                run()
+            except Unsatisfiable:
+                if mode is schemathesis.GenerationMode.POSITIVE:
+                    raise
+                # nothing to make invalid (an operation with no body or parameters)
+    return statuses
+
+
+async def test_fuzz_against_the_door_with_the_in_test_control_plane(fake: FakeDaemon) -> None:
+    statuses = await trio.to_thread.run_sync(lambda: fuzz(fake.url, {}, ["chatty", "base", "emb"], max_examples=40, budget_s=240))
+    print(json.dumps(statuses, indent=1, sort_keys=True))
+    assert any(k.endswith(" 200") for k in statuses if k.startswith("POST /v1/chat")), statuses
+    async with fake.client() as c:
+        assert (await c.get("/health")).status_code == 200
+
+
+def test_fuzz_against_the_real_daemon(live: Any) -> None:
+    statuses = fuzz(live.url, live.headers, ["smollm2", "gemma3-270m", "minilm"], max_examples=50, budget_s=420)
+    print(json.dumps(statuses, indent=1, sort_keys=True))
+    assert any(k.startswith("POST") and k.endswith(" 200") for k in statuses), statuses
+    import httpx
+
+    assert httpx.get(live.url + "/health", timeout=30).status_code == 200, "the daemon survived the fuzzing"
