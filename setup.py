@@ -53,7 +53,12 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["sage_daemon", "sage_daemon.*", "sage_client", "sage_client.*", "cython_ops", "cython_ops.*"]),
-    package_data={"sage_daemon": ["defaults/*.toml", "defaults/*.service", "defaults/*.socket"], "cython_ops": ["*.pyx", "*.pxd"]},
+    package_data={
+        "sage_daemon": ["defaults/*.toml", "defaults/*.service", "defaults/*.socket"],
+        # sage_client/systemd links to systemd/: the unit templates `sagectl service install` renders.
+        "sage_client": ["systemd/*.service", "systemd/*.socket", "systemd/user/*", "systemd/sysusers.d/*"],
+        "cython_ops": ["*.pyx", "*.pxd"],
+    },
     include_package_data=False,
     ext_modules=cython_extensions(),
     install_requires=[

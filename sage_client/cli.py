@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sage_client import service
 from sage_client._version import __version__
 from sage_client.output import human_bytes, human_duration, key_values, print_json, table
 from sage_client.rpc import DaemonNotRunning, RpcCallError, RpcClient
@@ -258,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy_sub.add_parser("show", parents=[common], help="the active policy")
     policy_set = policy_sub.add_parser("set", parents=[common], help="switch policy: fifo, priority, slo, hybrid")
     policy_set.add_argument("name", choices=["fifo", "priority", "slo", "hybrid"])
+    service.add_parser(sub, common)
     return parser
 
 
@@ -267,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    if args.command == "service":  # manages systemd units: no daemon needed
+        return service.run(args)
     name = args.command + (f" {args.subcommand}" if getattr(args, "subcommand", None) else "")
     handler = COMMANDS.get(name)
     if handler is None:

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -26,6 +27,7 @@ from sage_client._version import __version__
 from sage_client.protocol import NodeInfo
 from sage_daemon.control.gate import CpuGate
 from sage_daemon.control.plane import ControlPlane
+from sage_daemon.core.activation import ActivationError, take_activated_sockets
 from sage_daemon.core.config import LIVE_KEYS, Config, ConfigError, LoadedConfig, ModelConfig, diff_keys, load_config
 from sage_daemon.core.lifecycle import Lifecycle
 from sage_daemon.core.logging import log, set_level
@@ -124,6 +126,7 @@ class Daemon:
         self.paths = resolve_paths(loaded.config)
         self.notifier = SystemdNotifier()
         self._http_shutdown = trio.Event()
+        self._owns_socket = True  # False when systemd passed the RPC socket (socket activation)
 
     async def run(self, *, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until SIGTERM/SIGINT (or cancellation), then drain and return."""
@@ -132,10 +135,20 @@ class Daemon:
             self.paths.ensure()
             lock_fd = acquire_lock(self.paths)
             stack.callback(os.close, lock_fd)
-            http_sock = bind_tcp(config.http.host, config.http.port)
+            try:
+                activated = take_activated_sockets()
+            except ActivationError as exc:
+                raise StartupError(str(exc)) from None
+            # Sockets systemd passed are its own: used as they are, never unlinked by us.
+            http_sock = activated.http or bind_tcp(config.http.host, config.http.port)
             stack.callback(http_sock.close)
-            rpc_sock = await bind_unix_socket(self.paths.socket, config.rpc.group)
-            stack.callback(self._remove_socket)
+            if activated.rpc is not None:
+                rpc_sock = trio.socket.from_stdlib_socket(activated.rpc)
+                self.paths = msgspec.structs.replace(self.paths, socket=Path(activated.rpc.getsockname()))
+                self._owns_socket = False
+            else:
+                rpc_sock = await bind_unix_socket(self.paths.socket, config.rpc.group)
+                stack.callback(self._remove_socket)
             stack.callback(rpc_sock.close)
 
             host, port = http_sock.getsockname()[:2]
@@ -212,6 +225,8 @@ class Daemon:
         rpc_scope.cancel()
 
     def _remove_socket(self) -> None:
+        if not self._owns_socket:
+            return  # systemd's socket: new clients wait in its queue for the next start
         try:
             self.paths.socket.unlink()
         except FileNotFoundError:
