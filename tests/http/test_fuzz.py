@@ -28,6 +28,15 @@ pytestmark = pytest.mark.slow
 GENERATION_LIMITS = {"max_tokens": 8, "max_completion_tokens": 8, "n": 2}
 
 
+def clamp(body: Any) -> None:
+    """Keep generation small: a CPU decoding 16 choices of thousands of tokens proves nothing here."""
+    if not isinstance(body, dict):
+        return
+    for key, limit in GENERATION_LIMITS.items():
+        if isinstance(body.get(key), int) and not isinstance(body.get(key), bool):
+            body[key] = max(1, min(body[key], limit))
+
+
 def steer(body: Any, model: str) -> None:
     if not isinstance(body, dict):
         return
@@ -62,6 +71,7 @@ def fuzz(base_url: str, headers: dict[str, str], models: list[str], *, max_examp
             def run(case: Any, model: str, steered: bool) -> None:
                 if steered and mode is schemathesis.GenerationMode.POSITIVE:
                     steer(case.body, model)
+                clamp(case.body)
                 try:
                     response = case.call(base_url=base_url, headers=headers, session=session, timeout=120)
                 except (ValueError, UnicodeError, requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL):
@@ -93,7 +103,7 @@ async def test_fuzz_against_the_door_with_the_in_test_control_plane(fake: FakeDa
 
 
 def test_fuzz_against_the_real_daemon(live: Any) -> None:
-    statuses = fuzz(live.url, live.headers, ["smollm2", "gemma3-270m", "minilm"], max_examples=50, budget_s=420)
+    statuses = fuzz(live.url, live.headers, ["smollm2", "gemma3-270m", "minilm"], max_examples=40, budget_s=180)
     print(json.dumps(statuses, indent=1, sort_keys=True))
     assert any(k.startswith("POST") and k.endswith(" 200") for k in statuses), statuses
     import httpx
