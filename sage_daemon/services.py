@@ -20,6 +20,7 @@ class Services:
     lifecycle: Lifecycle
     control: ControlPlane
     http_url: str = ""
+    jobs: Any = None  # the JobManager (sage_daemon.jobs.manager), None until it runs
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
