@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install, start the daemon on the embedded defaults, ask it how it is, stop it.
-# (This grows into: start the daemon with the shipped models and run the example RAG pipeline.)
+# Install, start the daemon on the embedded defaults, run the main job — ingest the repository's
+# docs into the vector collection `docs` (examples/rag.toml) — then ask it a question with the
+# shipped SmolLM2 chat model, and stop the daemon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -16,4 +17,6 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 "$VENV/bin/sagectl" status
-"$VENV/bin/sagectl" nodes
+"$VENV/bin/sagectl" job run examples/rag.toml          # chunk → embed → index, a progress bar per stage
+"$VENV/bin/sagectl" collection list
+"$VENV/bin/sagectl" ask "${QUESTION:-How do I run the test suite?}"

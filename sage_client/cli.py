@@ -210,6 +210,239 @@ def cmd_policy_set(client: RpcClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- jobs and collections
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _elapsed(job: Any) -> str:
+    if not job.started_at:
+        return "-"
+    return f"{(job.finished_at or time.time()) - job.started_at:.1f}s"
+
+
+def _read_pipeline(path: str) -> dict[str, Any]:
+    import os
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return {"toml": f.read(), "source_path": os.path.abspath(path)}
+    except OSError as exc:
+        raise RpcCallError("invalid_params", f"cannot read {path}: {exc.strerror}") from None
+
+
+def _job_exit(state: str) -> int:
+    return EXIT_OK if state == "succeeded" else EXIT_ERROR
+
+
+def _print_stages(detail: Any) -> None:
+    rows = [(st.name, st.ops, st.kind, st.parallelism, st.items_in, st.items_out, st.errors, st.node, st.reason) for st in detail.stages]
+    print(table(["STAGE", "OPS", "KIND", "PAR", "IN", "OUT", "ERR", "NODE", "PLACEMENT REASON"], rows))
+
+
+def _bar(stage: Any, width: int = 24) -> str:
+    done = "#" * width if stage.done else ""
+    if not done:
+        # No total is known ahead of a stream: the bar shows output relative to the busiest stage.
+        filled = min(width - 1, stage.items_out * width // max(1, stage.items_in + 1))
+        done = "#" * filled + ">"
+    return f"[{done.ljust(width)}]"
+
+
+def _follow(client: RpcClient, job_id: int, quiet: bool = False, results: int = 0) -> Any:
+    """Watch a job to its end, drawing a progress bar per stage; Ctrl-C cancels the job."""
+    tty = sys.stdout.isatty() and not quiet
+    drawn = 0
+    detail = None
+    try:
+        stream = client.stream("job.watch", {"id": job_id, "interval_s": 0.25, "results": results})
+        while True:
+            try:
+                item = next(stream)
+            except StopIteration as end:
+                detail = end.value
+                break
+            if quiet:
+                continue
+            from sage_client import protocol as p
+            import msgspec
+
+            snapshot = msgspec.convert(item, p.JobDetail)
+            lines = [f"job {snapshot.job.id} {snapshot.job.name}: {snapshot.job.state} {_elapsed(snapshot.job)}"]
+            width = max((len(st.name) for st in snapshot.stages), default=5)
+            lines += [f"  {st.name.ljust(width)} {_bar(st)} in {st.items_in:>7} out {st.items_out:>7}" + (f" err {st.errors}" if st.errors else "") for st in snapshot.stages]
+            if tty:
+                if drawn:
+                    sys.stdout.write(f"\x1b[{drawn}F")
+                sys.stdout.write("".join(line + "\x1b[K\n" for line in lines))
+                sys.stdout.flush()
+                drawn = len(lines)
+    except KeyboardInterrupt:
+        with RpcClient(client.socket_path) as other:
+            other.call("job.cancel", {"id": job_id})
+        print(f"\njob {job_id} cancelled", file=sys.stderr)
+        raise
+    return detail
+
+
+@command("job submit")
+def cmd_job_submit(client: RpcClient, args: argparse.Namespace) -> int:
+    job = client.call("job.submit", _read_pipeline(args.file))
+    if args.wait:
+        detail = _follow(client, job.id, quiet=True)
+        print_json(detail) if args.json else print(f"job {job.id} {detail.job.state}" + (f": {detail.job.error}" if detail.job.error else ""))
+        return _job_exit(detail.job.state)
+    print_json(job) if args.json else print(f"job {job.id} {job.state}")
+    return EXIT_OK
+
+
+@command("job run")
+def cmd_job_run(client: RpcClient, args: argparse.Namespace) -> int:
+    job = client.call("job.submit", _read_pipeline(args.file))
+    detail = _follow(client, job.id, quiet=args.json)
+    if args.json:
+        print_json(detail)
+    else:
+        if not sys.stdout.isatty():
+            _print_stages(detail)
+        line = f"job {detail.job.id} {detail.job.state} in {_elapsed(detail.job)}"
+        print(line + (f": {detail.job.error}" if detail.job.error else "") + (f"; results: {detail.job.result_location}" if detail.job.result_location else ""))
+    return _job_exit(detail.job.state)
+
+
+@command("job list")
+def cmd_job_list(client: RpcClient, args: argparse.Namespace) -> int:
+    result = client.call("job.list", {"state": args.state or "", "limit": args.limit})
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    rows = [(j.id, j.name, j.state, j.attempt, _when(j.created_at), _elapsed(j), j.result_location or "", _short(j.error, 50) if j.error else "") for j in result.jobs]
+    print(table(["ID", "NAME", "STATE", "ATTEMPT", "CREATED", "TIME", "RESULTS", "ERROR"], rows) if rows else "no jobs")
+    return EXIT_OK
+
+
+@command("job show")
+def cmd_job_show(client: RpcClient, args: argparse.Namespace) -> int:
+    detail = client.call("job.show", {"id": args.id})
+    if args.json:
+        print_json(detail)
+        return EXIT_OK
+    job = detail.job
+    print(key_values([
+        ("job", f"{job.id} {job.name}"), ("state", job.state), ("attempt", job.attempt), ("executor", job.executor),
+        ("created", _when(job.created_at)), ("started", _when(job.started_at)), ("finished", _when(job.finished_at)), ("time", _elapsed(job)),
+        ("results", job.result_location or "-"), ("error", job.error or "-"),
+    ]))
+    print()
+    _print_stages(detail)
+    for note in detail.notes:
+        print(f"note: {note}")
+    return EXIT_OK
+
+
+@command("job logs")
+def cmd_job_logs(client: RpcClient, args: argparse.Namespace) -> int:
+    stream = client.stream("job.logs", {"id": args.id, "follow": args.follow})
+    end = None
+    while True:
+        try:
+            item = next(stream)
+        except StopIteration as stop:
+            end = stop.value
+            break
+        if args.json:
+            print_json(item)
+        else:
+            print(f"{time.strftime('%H:%M:%S', time.localtime(item['ts']))} {item['level']:<7} {item['message']}")
+    return EXIT_OK if end is None else (EXIT_OK if not args.follow else _job_exit(end.job.state))
+
+
+@command("job cancel")
+def cmd_job_cancel(client: RpcClient, args: argparse.Namespace) -> int:
+    job = client.call("job.cancel", {"id": args.id})
+    print_json(job) if args.json else print(f"job {job.id} {job.state}")
+    return EXIT_OK
+
+
+@command("job retry")
+def cmd_job_retry(client: RpcClient, args: argparse.Namespace) -> int:
+    job = client.call("job.retry", {"id": args.id})
+    if args.wait:
+        detail = _follow(client, job.id, quiet=args.json)
+        print_json(detail) if args.json else print(f"job {job.id} {detail.job.state} (attempt {detail.job.attempt})" + (f": {detail.job.error}" if detail.job.error else ""))
+        return _job_exit(detail.job.state)
+    print_json(job) if args.json else print(f"job {job.id} {job.state} (attempt {job.attempt})")
+    return EXIT_OK
+
+
+@command("collection list")
+def cmd_collection_list(client: RpcClient, args: argparse.Namespace) -> int:
+    result = client.call("collection.list")
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    rows = [(c.name, c.count, c.dimensions, c.model, human_bytes(c.size_bytes), _when(c.updated_at)) for c in result.collections]
+    print(table(["NAME", "ITEMS", "DIMS", "MODEL", "SIZE", "UPDATED"], rows) if rows else "no collections")
+    return EXIT_OK
+
+
+@command("collection show")
+def cmd_collection_show(client: RpcClient, args: argparse.Namespace) -> int:
+    c = client.call("collection.show", {"name": args.name})
+    if args.json:
+        print_json(c)
+        return EXIT_OK
+    print(key_values([("name", c.name), ("items", c.count), ("dimensions", c.dimensions), ("model", c.model), ("size", human_bytes(c.size_bytes)),
+                      ("created", _when(c.created_at)), ("updated", _when(c.updated_at)), ("path", c.path)]))
+    return EXIT_OK
+
+
+@command("collection drop")
+def cmd_collection_drop(client: RpcClient, args: argparse.Namespace) -> int:
+    c = client.call("collection.drop", {"name": args.name})
+    print_json(c) if args.json else print(f"dropped collection {c.name} ({c.count} items)")
+    return EXIT_OK
+
+
+ASK_TEMPLATE = (
+    "Answer the question using only the context below. Be brief.\n\nContext:\n{context}\n\nQuestion: {question}\nAnswer:"
+)
+
+
+@command("ask")
+def cmd_ask(client: RpcClient, args: argparse.Namespace) -> int:
+    """retrieve from a collection → prompt → generate: the RAG question, as a job."""
+    spec = {
+        "name": "ask",
+        "priority": "high",  # a person is waiting for it
+        "stages": [
+            {"op": "from_items", "items": [{"id": "question", "question": args.question}]},
+            {"op": "retrieve", "collection": args.collection, "k": args.k, "hybrid": True},
+            {"op": "prompt", "template": ASK_TEMPLATE},
+            {"op": "generate", "model": args.model, "max_tokens": args.max_tokens, "temperature": 0.0},
+            {"op": "collect"},
+        ],
+    }
+    job = client.call("job.submit", {"spec": spec})
+    detail = _follow(client, job.id, quiet=True, results=1)
+    if detail.job.state != "succeeded" or not detail.results:
+        print(f"sagectl: ask failed: job {job.id} {detail.job.state}: {detail.job.error or 'no answer'}", file=sys.stderr)
+        return EXIT_ERROR
+    answer = detail.results[0]
+    if args.json:
+        print_json({"answer": answer.get("answer", ""), "sources": [c.get("id") for c in answer.get("contexts", [])], "job": job.id})
+        return EXIT_OK
+    print(answer.get("answer", "").strip())
+    sources = [c.get("id") for c in answer.get("contexts", [])]
+    if sources:
+        print("\nsources: " + ", ".join(sources))
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- plumbing
 
 
@@ -260,6 +493,35 @@ def build_parser() -> argparse.ArgumentParser:
     policy_set = policy_sub.add_parser("set", parents=[common], help="switch policy: fifo, priority, slo, hybrid")
     policy_set.add_argument("name", choices=["fifo", "priority", "slo", "hybrid"])
     service.add_parser(sub, common)
+    job = sub.add_parser("job", parents=[common], help="declarative dataflow jobs")
+    job_sub = job.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    job_submit = job_sub.add_parser("submit", parents=[common], help="submit a pipeline file (TOML)")
+    job_submit.add_argument("file")
+    job_submit.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 unless it succeeded")
+    job_run = job_sub.add_parser("run", parents=[common], help="submit and follow with a progress bar per stage (Ctrl-C cancels)")
+    job_run.add_argument("file")
+    job_list = job_sub.add_parser("list", parents=[common], help="jobs, newest first")
+    job_list.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "interrupted"])
+    job_list.add_argument("--limit", type=int, default=50)
+    for name, help_text in (("show", "state, stages, progress and placement of a job"), ("cancel", "cancel a queued or running job")):
+        job_sub.add_parser(name, parents=[common], help=help_text).add_argument("id", type=int)
+    job_logs = job_sub.add_parser("logs", parents=[common], help="a job's state changes and log lines")
+    job_logs.add_argument("id", type=int)
+    job_logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    job_retry = job_sub.add_parser("retry", parents=[common], help="run an ended job again (collection writes are idempotent)")
+    job_retry.add_argument("id", type=int)
+    job_retry.add_argument("--wait", action="store_true")
+    collection = sub.add_parser("collection", parents=[common], help="vector collections written by jobs")
+    collection_sub = collection.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    collection_sub.add_parser("list", parents=[common], help="collections, their size and model")
+    for name, help_text in (("show", "one collection"), ("drop", "delete a collection")):
+        collection_sub.add_parser(name, parents=[common], help=help_text).add_argument("name")
+    ask = sub.add_parser("ask", parents=[common], help="answer a question from a collection (retrieve → prompt → generate)")
+    ask.add_argument("question")
+    ask.add_argument("--collection", default="docs")
+    ask.add_argument("--model", default="smollm2")
+    ask.add_argument("-k", type=int, default=3, help="contexts retrieved")
+    ask.add_argument("--max-tokens", type=int, default=200)
     return parser
 
 

@@ -286,6 +286,149 @@ class PolicyResult(msgspec.Struct):
     previous: str = ""
 
 
+# ----------------------------------------------------------------------------- jobs and collections
+
+
+class JobSubmitParams(msgspec.Struct, forbid_unknown_fields=True):
+    """A pipeline as a TOML file's text, or as a table (`spec`). Relative paths in it resolve in
+    the folder of `source_path` (the file sagectl read), else in `base_dir`."""
+
+    toml: str = ""
+    spec: dict[str, Any] | None = None
+    source_path: str = ""
+    name: str = ""  # overrides the pipeline's name
+
+
+class JobId(msgspec.Struct, forbid_unknown_fields=True):
+    id: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class JobListParams(msgspec.Struct, forbid_unknown_fields=True):
+    state: str = ""  # only jobs in this state
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 50
+
+
+class JobWaitParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: Annotated[int, msgspec.Meta(ge=1)]
+    timeout_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    results: Annotated[int, msgspec.Meta(ge=0, le=100000)] = 0  # how many collected results to return
+
+
+class JobWatchParams(msgspec.Struct, forbid_unknown_fields=True):
+    """Streamed: a JobDetail every `interval_s` until the job ends; the result is the last one."""
+
+    id: Annotated[int, msgspec.Meta(ge=1)]
+    interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 0.5
+    results: Annotated[int, msgspec.Meta(ge=0, le=100000)] = 0
+
+
+class JobLogsParams(msgspec.Struct, forbid_unknown_fields=True):
+    """Streamed: JobEvent items (after `after`); with `follow`, until the job ends."""
+
+    id: Annotated[int, msgspec.Meta(ge=1)]
+    follow: bool = False
+    after: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class JobSummary(msgspec.Struct):
+    id: int
+    name: str
+    state: str  # queued | running | succeeded | failed | cancelled | interrupted
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempt: int = 1
+    error: str = ""
+    result_location: str = ""  # a file, or collection:NAME
+    executor: str = "local"
+
+
+class JobStage(msgspec.Struct):
+    index: int
+    name: str
+    ops: str  # the fused operators, "map+chunk"
+    kind: str  # source | cpu | model | write | sink
+    parallelism: int
+    node: str = ""  # the node selector's decision...
+    reason: str = ""  # ...and why
+    items_in: int = 0
+    items_out: int = 0
+    errors: int = 0
+    done: bool = False
+
+
+class JobEvent(msgspec.Struct):
+    seq: int
+    ts: float
+    level: str  # state | info | warning | error
+    message: str
+
+
+class JobDetail(msgspec.Struct):
+    job: JobSummary
+    stages: list[JobStage] = []
+    events: list[JobEvent] = []  # the latest few
+    results: list[Any] = []
+    notes: list[str] = []  # the planner's (fused stages, defaults it chose)
+
+
+class JobListResult(msgspec.Struct):
+    jobs: list[JobSummary]
+
+
+class JobLogsEnd(msgspec.Struct):
+    job: JobSummary
+    last_seq: int = 0
+
+
+class JobEmbedParams(msgspec.Struct, forbid_unknown_fields=True):
+    """For job stages running outside the daemon (Ray workers): embeddings through the control plane."""
+
+    model: str
+    texts: Annotated[list[str], msgspec.Meta(min_length=1)]
+    priority: str = "background"
+
+
+class JobEmbedResult(msgspec.Struct):
+    vectors: list[list[float]]
+
+
+class JobGenerateParams(msgspec.Struct, forbid_unknown_fields=True):
+    """For job stages running outside the daemon (Ray workers): one generation, whole."""
+
+    model: str
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 256
+    temperature: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    seed: int | None = 0
+    priority: str = "background"
+
+
+class JobGenerateResult(msgspec.Struct):
+    text: str
+    finish_reason: str = ""
+
+
+class CollectionName(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class CollectionRow(msgspec.Struct):
+    name: str
+    count: int
+    dimensions: int
+    model: str
+    created_at: float
+    updated_at: float
+    path: str
+    size_bytes: int
+
+
+class CollectionListResult(msgspec.Struct):
+    collections: list[CollectionRow]
+
+
 class MethodSpec(msgspec.Struct, frozen=True):
     params: type
     result: type
@@ -305,6 +448,19 @@ METHODS: Final[dict[str, MethodSpec]] = {
     "queue": MethodSpec(Empty, QueueResult),
     "policy.get": MethodSpec(Empty, PolicyResult),
     "policy.set": MethodSpec(PolicyParams, PolicyResult),
+    "job.submit": MethodSpec(JobSubmitParams, JobSummary),
+    "job.list": MethodSpec(JobListParams, JobListResult),
+    "job.show": MethodSpec(JobId, JobDetail),
+    "job.logs": MethodSpec(JobLogsParams, JobLogsEnd, streaming=True),
+    "job.watch": MethodSpec(JobWatchParams, JobDetail, streaming=True),
+    "job.wait": MethodSpec(JobWaitParams, JobDetail),
+    "job.cancel": MethodSpec(JobId, JobSummary),
+    "job.retry": MethodSpec(JobId, JobSummary),
+    "job.embed": MethodSpec(JobEmbedParams, JobEmbedResult),
+    "job.generate": MethodSpec(JobGenerateParams, JobGenerateResult),
+    "collection.list": MethodSpec(Empty, CollectionListResult),
+    "collection.show": MethodSpec(CollectionName, CollectionRow),
+    "collection.drop": MethodSpec(CollectionName, CollectionRow),
 }
 
 

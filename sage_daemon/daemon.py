@@ -41,6 +41,7 @@ from sage_daemon.engines.factory import make_factory
 from sage_daemon.engines.pool import EnginePool, Placement, estimate_memory_bytes
 from sage_daemon.engines.sources import SourceError, resolve_local_source
 from sage_daemon.http.app import create_app
+from sage_daemon.jobs.manager import JobManager
 from sage_daemon.rpc.handlers import make_handlers
 from sage_daemon.rpc.server import PeerPolicy, RpcServer, bind_unix_socket
 from sage_daemon.services import Services
@@ -164,6 +165,10 @@ class Daemon:
                 metrics=metrics,
                 http_url=f"http://{'[' + host + ']' if ':' in host else host}:{port}",
             )
+            services.jobs = JobManager(
+                config.jobs, self.paths.state_dir, self.paths.data_dir, control, node, config.control.reserved_interactive_slots,
+                stopping=lambda: self.lifecycle.state == "draining", http_url=services.http_url, socket_path=str(self.paths.socket),
+            )
             self.services = services
             rpc = RpcServer(
                 make_handlers(services),
@@ -183,6 +188,7 @@ class Daemon:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(control.pool.run)
                     await nursery.start(control.run)
+                    await nursery.start(services.jobs.run)
                     await nursery.start(self._serve_http, create_app(services), hyper)
                     rpc_scope = trio.CancelScope()
                     await nursery.start(self._serve_rpc, rpc, rpc_sock, rpc_scope)

@@ -22,6 +22,7 @@ class Services:
     control: ControlPlane
     http_url: str = ""
     metrics: Metrics = field(default_factory=Metrics)  # the daemon's Prometheus registry (GET /metrics)
+    jobs: Any = None  # the JobManager (sage_daemon.jobs.manager), None until it runs
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

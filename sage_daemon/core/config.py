@@ -147,6 +147,16 @@ class ControlConfig(_Section):
     embedding_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
 
 
+class JobsConfig(_Section):
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str = ""
+    ray_num_cpus: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 0
+    ray_model_transport: Literal["rpc", "http"] = "rpc"
+    ray_daemon_url: str = ""
+    max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    channel_capacity: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 8
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     http: HttpConfig = HttpConfig()
@@ -155,6 +165,7 @@ class Config(_Section):
     nodes: NodesConfig = NodesConfig()
     engines: EnginesConfig = EnginesConfig()
     control: ControlConfig = ControlConfig()
+    jobs: JobsConfig = JobsConfig()
     models: list[ModelConfig] = msgspec.field(default_factory=lambda: list(DEFAULT_MODELS))
 
     def __post_init__(self) -> None:

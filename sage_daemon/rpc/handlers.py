@@ -15,7 +15,7 @@ from sage_client import protocol as p
 from sage_client._version import __version__
 from sage_daemon.core.config import effective_values
 from sage_daemon.core.ports import SagePorts
-from sage_daemon.rpc.server import Handler, ReplyStream
+from sage_daemon.rpc.server import Handler, ReplyStream, RpcError
 from sage_daemon.services import Services
 
 SECRET_KEYS = ("http.api_keys",)
@@ -91,7 +91,73 @@ def make_handlers(services: Services) -> dict[str, Handler]:
         previous = services.control.set_policy(params.name)
         return p.PolicyResult(services.control.policy.name, previous)
 
+    # ----------------------------------------------------------------- jobs and collections
+
+    def jobs() -> Any:
+        if services.jobs is None:
+            raise RpcError(p.ErrorCode.UNAVAILABLE, "the job manager is not running")
+        return services.jobs
+
+    async def job_submit(params: p.JobSubmitParams, _: ReplyStream) -> p.JobSummary:
+        if params.toml:
+            return await jobs().submit_toml(params.toml, params.source_path, params.name)
+        if params.spec is not None:
+            from sage_daemon.jobs.spec import spec_from_dict
+
+            spec = spec_from_dict({**params.spec, **({"name": params.name} if params.name else {})})
+            return await jobs().submit(spec, "", os.path.dirname(params.source_path) if params.source_path else "")
+        raise RpcError(p.ErrorCode.INVALID_PARAMS, "job.submit needs toml (a pipeline file's text) or spec (a table)")
+
+    async def job_list(params: p.JobListParams, _: ReplyStream) -> p.JobListResult:
+        return p.JobListResult(await jobs().list(params.state, params.limit))
+
+    async def job_show(params: p.JobId, _: ReplyStream) -> p.JobDetail:
+        return await jobs().show(params.id)
+
+    async def job_logs(params: p.JobLogsParams, reply: ReplyStream) -> p.JobLogsEnd:
+        last = params.after
+        async for event in jobs().logs(params.id, params.follow, params.after):
+            await reply.send(event)
+            last = event.seq
+        return p.JobLogsEnd(await jobs().summary(params.id), last)
+
+    async def job_watch(params: p.JobWatchParams, reply: ReplyStream) -> p.JobDetail:
+        last = None
+        async for detail in jobs().watch(params.id, params.interval_s, params.results):
+            last = detail
+            await reply.send(detail)
+        assert last is not None
+        return last
+
+    async def job_wait(params: p.JobWaitParams, _: ReplyStream) -> p.JobDetail:
+        return await jobs().wait(params.id, params.timeout_s, params.results)
+
+    async def job_cancel(params: p.JobId, _: ReplyStream) -> p.JobSummary:
+        return await jobs().cancel(params.id)
+
+    async def job_retry(params: p.JobId, _: ReplyStream) -> p.JobSummary:
+        return await jobs().retry(params.id)
+
+    async def job_embed(params: p.JobEmbedParams, _: ReplyStream) -> p.JobEmbedResult:
+        return p.JobEmbedResult(await jobs().embed_for_stage(params.model, params.texts, params.priority))
+
+    async def job_generate(params: p.JobGenerateParams, _: ReplyStream) -> p.JobGenerateResult:
+        text, finish = await jobs().generate_for_stage(params)
+        return p.JobGenerateResult(text, finish)
+
+    async def collection_list(_: p.Empty, __: ReplyStream) -> p.CollectionListResult:
+        return p.CollectionListResult(await jobs().collection_list())
+
+    async def collection_show(params: p.CollectionName, _: ReplyStream) -> p.CollectionRow:
+        return await jobs().collection_show(params.name)
+
+    async def collection_drop(params: p.CollectionName, _: ReplyStream) -> p.CollectionRow:
+        return await jobs().collection_drop(params.name)
+
     return {
+        "job.submit": job_submit, "job.list": job_list, "job.show": job_show, "job.logs": job_logs, "job.watch": job_watch,
+        "job.wait": job_wait, "job.cancel": job_cancel, "job.retry": job_retry, "job.embed": job_embed, "job.generate": job_generate,
+        "collection.list": collection_list, "collection.show": collection_show, "collection.drop": collection_drop,
         "ping": ping, "status": status, "config.show": config_show, "nodes": nodes, "ports": ports, "version": version,
         "models": models, "load": load, "unload": unload, "queue": queue, "policy.get": policy_get, "policy.set": policy_set,
     }

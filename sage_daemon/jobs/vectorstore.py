@@ -1,0 +1,246 @@
+"""Named vector collections for `index` and `retrieve`, persisted in the data directory.
+
+Each collection is a folder: `vectors.f32` (rows of float32, memory-mapped for search) and
+`meta.sqlite` (WAL: id → row, text, metadata; the collection's model and dimensions). Writes are
+upserts by item id, so a retried job rewrites rows instead of adding duplicates. A row is
+written to the vector file before its id is committed in SQLite; on open, rows past the last
+committed one (a crash in between) are cut off. Search: the compiled `cython_ops.topk` over
+the mapped matrix, optionally fused with `cython_ops.BM25Index` by reciprocal rank fusion.
+
+All methods block (file and SQLite I/O): call them from worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from cython_ops import BM25Index, topk
+from sage_daemon.core.errors import ControlPlaneError, InvalidRequestError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RRF_K = 60  # the usual reciprocal-rank-fusion constant
+
+
+class CollectionNotFoundError(ControlPlaneError):
+    status, code, type = 404, "not_found", "invalid_request_error"
+
+
+class CollectionInfo(msgspec.Struct):
+    name: str
+    count: int
+    dimensions: int
+    model: str
+    created_at: float
+    updated_at: float
+    path: str
+    size_bytes: int
+
+
+class Hit(msgspec.Struct):
+    id: str
+    text: str
+    score: float
+    metadata: dict[str, Any] = {}
+
+
+class Collection:
+    def __init__(self, path: Path, name: str, create: bool, dimensions: int = 0, model: str = ""):
+        self.name = name
+        self.path = path
+        self._lock = threading.RLock()
+        path.mkdir(parents=True, exist_ok=True) if create else None
+        if not (path / "meta.sqlite").exists() and not create:
+            raise CollectionNotFoundError(f"no collection named {name!r}")
+        self.db = sqlite3.connect(path / "meta.sqlite", check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, row INTEGER NOT NULL UNIQUE, text TEXT NOT NULL, metadata TEXT NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        now = str(time.time())
+        for key, value in (("dimensions", str(dimensions)), ("model", model), ("created_at", now), ("updated_at", now)):
+            self.db.execute("INSERT OR IGNORE INTO info VALUES (?, ?)", (key, value))
+        self.info_values = dict(self.db.execute("SELECT key, value FROM info").fetchall())
+        self.dimensions = int(self.info_values["dimensions"])
+        self.model = self.info_values["model"]
+        self.count = self.db.execute("SELECT COALESCE(MAX(row) + 1, 0) FROM items").fetchone()[0]
+        self.vectors_path = path / "vectors.f32"
+        self.vectors_path.touch()
+        if self.dimensions:
+            # Rows written after the last committed id (a crash between the two writes) are not ours.
+            keep = self.count * self.dimensions * 4
+            if self.vectors_path.stat().st_size != keep:
+                with self.vectors_path.open("r+b") as f:
+                    f.truncate(keep)
+        self._matrix: np.ndarray | None = None
+        self._bm25: tuple[int, BM25Index, list[str]] | None = None
+        self._version = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._matrix = None
+            self.db.close()
+
+    # ------------------------------------------------------------------ writes
+
+    def upsert(self, ids: list[str], vectors: list[list[float]] | np.ndarray, texts: list[str], metadata: list[dict[str, Any]], model: str = "") -> int:
+        """Insert or replace items by id; returns how many were new."""
+        matrix = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+        if matrix.ndim != 2 or matrix.shape[0] != len(ids):
+            raise InvalidRequestError(f"collection {self.name!r}: need one vector per item ({len(ids)} items, vectors of shape {matrix.shape})")
+        with self._lock:
+            if not self.dimensions:
+                self.dimensions = matrix.shape[1]
+                self.model = model or self.model
+                self.db.execute("UPDATE info SET value = ? WHERE key = 'dimensions'", (str(self.dimensions),))
+                self.db.execute("UPDATE info SET value = ? WHERE key = 'model'", (self.model,))
+            if matrix.shape[1] != self.dimensions:
+                raise InvalidRequestError(f"collection {self.name!r} holds {self.dimensions}-dimensional vectors; got {matrix.shape[1]} (model {model or '?'})")
+            # Last write of an id within a batch wins, as it would across batches.
+            latest = {item_id: n for n, item_id in enumerate(ids)}
+            existing = dict(self._rows_of(list(latest)))
+            rows: list[int] = []
+            new = 0
+            for item_id in latest:
+                if item_id in existing:
+                    rows.append(existing[item_id])
+                else:
+                    rows.append(self.count + new)
+                    new += 1
+            order = list(latest.values())
+            with self.vectors_path.open("r+b") as f:
+                for row, n in sorted(zip(rows, order)):
+                    f.seek(row * self.dimensions * 4)
+                    f.write(matrix[n].tobytes())
+                f.flush()
+            self.db.execute("BEGIN")
+            try:
+                self.db.executemany(
+                    "INSERT INTO items (id, row, text, metadata) VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET text = excluded.text, metadata = excluded.metadata",
+                    [(ids[n], row, texts[n], json.dumps(metadata[n], default=str)) for row, n in zip(rows, order)],
+                )
+                self.db.execute("UPDATE info SET value = ? WHERE key = 'updated_at'", (str(time.time()),))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.count += new
+            self._matrix = None
+            self._bm25 = None
+            return new
+
+    def _rows_of(self, ids: list[str]) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            out += self.db.execute(f"SELECT id, row FROM items WHERE id IN ({','.join('?' * len(part))})", part).fetchall()
+        return out
+
+    # ------------------------------------------------------------------ reads
+
+    def matrix(self) -> np.ndarray:
+        with self._lock:
+            if self._matrix is None or self._matrix.shape[0] != self.count:
+                self._matrix = np.memmap(self.vectors_path, dtype=np.float32, mode="r", shape=(self.count, self.dimensions)) if self.count else np.zeros((0, max(1, self.dimensions)), np.float32)
+            return self._matrix
+
+    def _items_at(self, rows: list[int]) -> dict[int, tuple[str, str, dict[str, Any]]]:
+        found = self.db.execute(f"SELECT row, id, text, metadata FROM items WHERE row IN ({','.join('?' * len(rows))})", rows).fetchall()
+        return {row: (item_id, text, json.loads(meta)) for row, item_id, text, meta in found}
+
+    def _bm25_index(self) -> tuple[BM25Index, list[int]]:
+        if self._bm25 is None or self._bm25[0] != self.count:
+            rows_texts = self.db.execute("SELECT row, text FROM items ORDER BY row").fetchall()
+            self._bm25 = (self.count, BM25Index([t for _, t in rows_texts]), [r for r, _ in rows_texts])  # type: ignore[assignment]
+        return self._bm25[1], self._bm25[2]  # type: ignore[index,return-value]
+
+    def search(self, queries: np.ndarray, k: int, texts: list[str] | None = None, hybrid: bool = False) -> list[list[Hit]]:
+        """Top k hits per query vector by cosine similarity; with `hybrid`, fused with BM25 over `texts`."""
+        with self._lock:
+            if self.count == 0:
+                return [[] for _ in range(len(queries))]
+            queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+            if queries.shape[1] != self.dimensions:
+                raise InvalidRequestError(f"collection {self.name!r} holds {self.dimensions}-dimensional vectors; the query has {queries.shape[1]}")
+            kk = min(k, self.count)
+            depth = min(self.count, kk * 4) if hybrid else kk
+            rows, scores = topk(self.matrix(), queries, depth, "cosine")
+            results: list[list[tuple[int, float]]] = [list(zip(r.tolist(), s.tolist())) for r, s in zip(rows, scores)]
+            if hybrid and texts is not None:
+                index, bm_rows = self._bm25_index()
+                bm_idx, _ = index.search_batch(texts, depth)
+                fused_all = []
+                for dense, sparse in zip(results, bm_idx.tolist()):
+                    fused: dict[int, float] = {}
+                    for rank, (row, _) in enumerate(dense):
+                        fused[row] = fused.get(row, 0.0) + 1.0 / (RRF_K + rank + 1)
+                    for rank, doc in enumerate(sparse):
+                        row = bm_rows[doc]
+                        fused[row] = fused.get(row, 0.0) + 1.0 / (RRF_K + rank + 1)
+                    fused_all.append(sorted(fused.items(), key=lambda x: (-x[1], x[0]))[:kk])
+                results = fused_all
+            wanted = sorted({row for hits in results for row, _ in hits})
+            items = self._items_at(wanted) if wanted else {}
+            return [[Hit(items[row][0], items[row][1], float(score), items[row][2]) for row, score in hits[:kk] if row in items] for hits in results]
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self.db.execute("SELECT id FROM items ORDER BY row")]
+
+    def info(self) -> CollectionInfo:
+        with self._lock:
+            values = dict(self.db.execute("SELECT key, value FROM info").fetchall())
+            size = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+            return CollectionInfo(self.name, self.count, self.dimensions, self.model, float(values["created_at"]), float(values["updated_at"]), str(self.path), size)
+
+
+class CollectionStore:
+    """The collections under `root` (data_dir/collections); opened once, shared by all jobs."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._open: dict[str, Collection] = {}
+        self._lock = threading.Lock()
+
+    def _check(self, name: str) -> None:
+        if not NAME.match(name):
+            raise InvalidRequestError(f"collection name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)", param="collection")
+
+    def get(self, name: str, create: bool = False) -> Collection:
+        self._check(name)
+        with self._lock:
+            if name not in self._open:
+                self._open[name] = Collection(self.root / name, name, create)
+            return self._open[name]
+
+    def exists(self, name: str) -> bool:
+        return name in self._open or (self.root / name / "meta.sqlite").exists()
+
+    def list(self) -> list[CollectionInfo]:
+        if not self.root.exists():
+            return []
+        return [self.get(p.name).info() for p in sorted(self.root.iterdir()) if (p / "meta.sqlite").exists()]
+
+    def drop(self, name: str) -> CollectionInfo:
+        collection = self.get(name)
+        info = collection.info()
+        with self._lock:
+            collection.close()
+            self._open.pop(name, None)
+            shutil.rmtree(self.root / name)
+        return info
+
+    def close(self) -> None:
+        with self._lock:
+            for collection in self._open.values():
+                collection.close()
+            self._open.clear()
