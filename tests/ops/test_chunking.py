@@ -145,3 +145,66 @@ def test_bad_input(kwargs, match):
         chunk_text(**kwargs)
     with pytest.raises(ValueError, match=match):
         chunk_text_with_offsets(**kwargs)
+
+
+# --- the character index and the batched materialisation ------------------------------------
+# chunk_text finds the positions of the character its leading separators are made of ("\n" by
+# default) a slab at a time, ahead of the splitter, and turns decided chunks into strings in
+# batches. _set_tuning shrinks both so that small texts cross many slab and batch seams.
+
+from cython_ops import chunking as _chunking  # noqa: E402
+
+
+@pytest.fixture
+def tuning():
+    def set_(slab, flush):
+        _chunking._set_tuning(slab, flush)
+
+    yield set_
+    _chunking._set_tuning()
+
+
+INDEXED_SEPARATOR_SETS = st.sampled_from(
+    [
+        None,
+        ["\n\n\n", "\n\n", "\n", " ", ""],
+        ["\n\n", "\n"],
+        ["\n", "\n\n", " ", ""],        # the longer run after the shorter one
+        [" ", "\n\n", "\n", ""],        # indexed character is " "; "\n" searched directly
+        ["aa", "a", "b", ""],
+        ["中中", "中", ""],
+        ["😀😀😀", "😀", " ", ""],
+        ["\n\n", "x", "\n", ""],
+    ]
+)
+RUNS_ALPHABET = st.sampled_from(["\n", "\n\n", "\n\n\n", " ", "  ", "a", "aa", "b", "bc ", "中", "中中", "😀", "😀😀", "é", "\t", "\u3000"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    text=st.lists(RUNS_ALPHABET, max_size=150).map("".join),
+    size=st.integers(1, 40),
+    overlap_frac=st.floats(0, 0.99),
+    separators=INDEXED_SEPARATOR_SETS,
+    keep=KEEP,
+    slab=st.integers(1, 40),
+    flush=st.integers(1, 5),
+)
+def test_index_slabs_and_batches_match_langchain(tuning, text, size, overlap_frac, separators, keep, slab, flush):
+    overlap = min(int(size * overlap_frac), size - 1)
+    tuning(slab, flush)
+    check_all(text, size, overlap, separators, keep)
+
+
+@pytest.mark.parametrize("kind_char", ["", "é", "中", "😀"], ids=["ucs1-ascii", "ucs1", "ucs2", "ucs4"])
+@pytest.mark.parametrize("keep", [True, False, "end"])
+def test_large_document_across_default_slabs(kind_char, keep):
+    # ~400,000 chars of stdlib code: several 65,536-char slabs and many 256-chunk batches, with
+    # runs of newlines placed across the first slab boundaries.
+    base = _stdlib_file("textwrap.py") + _stdlib_file("argparse.py")
+    text = (kind_char + base) * 3
+    for boundary in (65536, 2 * 65536, 3 * 65536):
+        text = text[: boundary - 1] + "\n\n\n" + text[boundary - 1 :]
+    chunks = check_all(text, 500, 50, None, keep)
+    assert len(chunks) > 600
+    check_all(text, 120, 0, ["\n\n\n", "\n", " ", ""], keep)
