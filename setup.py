@@ -87,6 +87,7 @@ setup(
             "faiss-cpu>=1.8",
             "rank-bm25>=0.2.2",
             "schemathesis>=3.30",
+            "ray>=2.9",
         ],
         "bench": ["openai>=1.40", "matplotlib>=3.8", "faiss-cpu>=1.8", "rank-bm25>=0.2.2", "bm25s>=0.2", "langchain-text-splitters>=0.3"],
     },

@@ -243,7 +243,8 @@ class ControlPlane:
         try:
             engine = await stack.enter_async_context(self.pool.use(model, meta.keep_alive_s))
             try:
-                prepared = engine.prepare(request) if hasattr(engine, "prepare") else request
+                # Tokenizing and rendering the chat template are blocking work: off the trio thread.
+                prepared = await trio.to_thread.run_sync(engine.prepare, request) if hasattr(engine, "prepare") else request
             except ValueError as exc:  # ContextOverflowError, ChatTemplateMissingError, bad token ids
                 param = "messages" if request.messages is not None else "prompt"
                 raise InvalidRequestError(str(exc), param=param) from None
