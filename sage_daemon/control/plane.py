@@ -45,6 +45,8 @@ from sage_daemon.engines.pool import EnginePool
 
 logger = logging.getLogger("sage.control")
 
+EMBEDDING_PIPELINE_DEPTH = 2  # embedding batches an engine may hold at once (one running, one next)
+
 
 class PlaneMetrics(Protocol):
     """The hooks the plane calls at each hop (implemented by core.metrics.Metrics)."""
@@ -119,7 +121,10 @@ class ControlPlane:
         self.gate.embedding_first = config.policy == "hybrid"
         self.waiting: list[PlaneTicket] = []
         self.running: dict[str, int] = {}  # LLM model -> admitted sequences
-        self.embedding_busy: set[str] = set()
+        # Embedding batches handed to an engine and not finished, per model. Two keep the engine's
+        # worker fed: the next batch is queued at the engine while the current one runs, so no
+        # time is lost between batches waiting for the dispatcher.
+        self.embedding_in_flight: dict[str, int] = {}
         self.drain_rates: dict[str, DrainRate] = {}
         self.accepting = True
         self._wakeup = trio.Event()
@@ -156,7 +161,7 @@ class ControlPlane:
                 parallel = getattr(slot.engine, "parallel", slot.config.parallel)
                 free[model] = max(0, parallel - self.running.get(model, 0))
             else:
-                idle[model] = model not in self.embedding_busy
+                idle[model] = self.embedding_in_flight.get(model, 0) < EMBEDDING_PIPELINE_DEPTH
         return QueueState(trio.current_time(), list(self.waiting), free, idle)
 
     def _apply(self, decision: Admit | RunBatch | Expire) -> None:
@@ -177,7 +182,7 @@ class ControlPlane:
         else:
             for ticket in decision.tickets:
                 self._leave_queue(ticket)
-            self.embedding_busy.add(decision.model)
+            self.embedding_in_flight[decision.model] = self.embedding_in_flight.get(decision.model, 0) + 1
             assert self._nursery is not None
             self._nursery.start_soon(self._run_batch, decision.model, decision.tickets)
 
@@ -291,7 +296,7 @@ class ControlPlane:
             for (as_tokens, dimensions), group in groups.items():
                 await self._embed_group(model, group, as_tokens, dimensions)
         finally:
-            self.embedding_busy.discard(model)
+            self.embedding_in_flight[model] -= 1
             now = trio.current_time()
             for ticket in tickets:
                 # Every admitted ticket ends here, whatever its caller does (gauges stay balanced).

@@ -53,7 +53,7 @@ class QueueState:
     now: float
     waiting: list[Ticket]  # every waiting ticket, in arrival order
     free_slots: dict[str, int]  # LLM model -> free sequence slots
-    embedding_idle: dict[str, bool]  # embedding model -> no batch running
+    embedding_idle: dict[str, bool]  # embedding model -> can take another batch now
 
 
 @dataclass(frozen=True)
