@@ -155,14 +155,16 @@ class ControlPlane:
     def _state(self) -> QueueState:
         free: dict[str, int] = {}
         idle: dict[str, bool] = {}
+        running: dict[str, int] = {}
         for model in {t.model for t in self.waiting}:
             slot = self.pool.slot(model)
             if slot.config.kind == "llm":
                 parallel = getattr(slot.engine, "parallel", slot.config.parallel)
                 free[model] = max(0, parallel - self.running.get(model, 0))
             else:
-                idle[model] = self.embedding_in_flight.get(model, 0) < EMBEDDING_PIPELINE_DEPTH
-        return QueueState(trio.current_time(), list(self.waiting), free, idle)
+                running[model] = self.embedding_in_flight.get(model, 0)
+                idle[model] = running[model] < EMBEDDING_PIPELINE_DEPTH
+        return QueueState(trio.current_time(), list(self.waiting), free, idle, running)
 
     def _apply(self, decision: Admit | RunBatch | Expire) -> None:
         if isinstance(decision, Admit):

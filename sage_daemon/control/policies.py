@@ -54,6 +54,7 @@ class QueueState:
     waiting: list[Ticket]  # every waiting ticket, in arrival order
     free_slots: dict[str, int]  # LLM model -> free sequence slots
     embedding_idle: dict[str, bool]  # embedding model -> can take another batch now
+    embedding_running: dict[str, int] = field(default_factory=dict)  # embedding model -> batches in flight
 
 
 @dataclass(frozen=True)
@@ -148,9 +149,11 @@ def admit_llm(tickets: list[Ticket], free: int, result: StepResult, reserve_for_
         free -= 1
 
 
-def form_batch(tickets: list[Ticket], limits: BatchLimits, now: float, result: StepResult) -> tuple[Ticket, ...] | None:
+def form_batch(tickets: list[Ticket], limits: BatchLimits, now: float, result: StepResult, only_full: bool = False) -> tuple[Ticket, ...] | None:
     """Dynamic batching: take tickets (in policy order) up to the text and token budgets. Dispatch at
-    once when full; otherwise wait for more until the oldest has waited max_wait_s."""
+    once when full; otherwise wait for more until the oldest has waited max_wait_s. With
+    `only_full` (a batch is already running), only a full batch goes: it queues behind the
+    running one at the engine, while a partial one is better off collecting more requests."""
     if not tickets:
         return None
     batch: list[Ticket] = []
@@ -162,6 +165,8 @@ def form_batch(tickets: list[Ticket], limits: BatchLimits, now: float, result: S
         texts += ticket.size
         tokens += ticket.tokens
     full = texts >= limits.max_texts or tokens >= limits.max_tokens or len(batch) < len(tickets)
+    if only_full:
+        return tuple(batch) if full else None  # the running batch's end steps the policy again
     oldest = min(t.enqueued_at for t in tickets)
     if full or now - oldest >= limits.max_wait_s:
         return tuple(batch)
@@ -241,7 +246,7 @@ class SloPolicy:
             ordered = sorted(tickets, key=lambda t: (self.slack(t, state.now), t.enqueued_at))
             if ordered[0].is_embedding:
                 if state.embedding_idle.get(model, False):
-                    batch = form_batch(ordered, self.settings.batch, state.now, result)
+                    batch = form_batch(ordered, self.settings.batch, state.now, result, only_full=state.embedding_running.get(model, 0) > 0)
                     if batch:
                         result.decisions.append(RunBatch(model, batch))
             else:
@@ -269,7 +274,7 @@ class HybridPolicy:
             ordered = sorted(tickets, key=lambda t: self._key(t, now))
             if ordered[0].is_embedding:
                 if state.embedding_idle.get(model, False):
-                    batch = form_batch(ordered, self.settings.batch, now, result)
+                    batch = form_batch(ordered, self.settings.batch, now, result, only_full=state.embedding_running.get(model, 0) > 0)
                     if batch:
                         result.decisions.append(RunBatch(model, batch))
             else:

@@ -115,3 +115,13 @@ def test_slo_serves_least_slack_first() -> None:
     waiting = [t("relaxed", 0, deadline=60), t("urgent", 1, deadline=2), t("none", 0.5)]  # none: default 10 s SLO
     result = SloPolicy().step(QueueState(1.5, waiting, {"llm": 3}, {}))
     assert names(result.decisions) == ["admit urgent", "admit none", "admit relaxed"]
+
+
+def test_a_second_batch_only_goes_when_full_while_one_runs() -> None:
+    policy = HybridPolicy(PolicySettings(batch=BatchLimits(max_texts=4, max_tokens=10_000, max_wait_s=0.005)))
+    partial = [emb("a", 0.0), emb("b", 0.0)]
+    running = QueueState(1.0, partial, {}, {"emb": True}, {"emb": 1})
+    assert policy.step(running).decisions == []  # keeps collecting behind the running batch
+    full = partial + [emb("c", 0.0), emb("d", 0.0)]
+    assert names(policy.step(QueueState(1.0, full, {}, {"emb": True}, {"emb": 1})).decisions) == ["batch a,b,c,d"]
+    assert names(policy.step(QueueState(1.0, partial, {}, {"emb": True}, {"emb": 0})).decisions) == ["batch a,b"]
