@@ -346,7 +346,7 @@ def fmt(x: float | None, scale: float = 1000, unit: str = "ms") -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"machine: {report['machine']}", f"command: `{report['command']}`", "",
+    lines = [report["machine"], f"command: `{report['command']}`", "",
              f"workload: {report['workload']}", ""]
     lines += ["| setup | done/failed | TTFT p50 / p99 | TPOT p50 | ITL p99 | E2EL p99 | emb p50 / p99 | emb texts/s | mean emb batch | req/s | out tok/s | goodput |", "|" + "---|" * 12]
     for name, s in report["runs"].items():
