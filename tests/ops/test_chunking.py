@@ -208,3 +208,82 @@ def test_large_document_across_default_slabs(kind_char, keep):
     chunks = check_all(text, 500, 50, None, keep)
     assert len(chunks) > 600
     check_all(text, 120, 0, ["\n\n\n", "\n", " ", ""], keep)
+
+
+# --- the splitter thread ------------------------------------------------------------------------
+# With 2 threads a second thread decides the chunks (no GIL) and hands them over in batches while
+# the calling thread builds their strings. _set_threads(n, min_chars=0) forces either mode on any
+# text; combined with tiny slabs and batches the hand-over happens at every odd place.
+
+
+@pytest.fixture
+def threads():
+    def set_(n, slab=65536, flush=256):
+        _chunking._set_threads(n, min_chars=0)
+        _chunking._set_tuning(slab, flush)
+
+    yield set_
+    _chunking._set_threads()
+    _chunking._set_tuning()
+
+
+def test_default_thread_count_follows_affinity():
+    cpus = len(os.sched_getaffinity(0))
+    assert _chunking._default_threads() == (2 if cpus >= 2 else 1)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    text=st.lists(RUNS_ALPHABET, max_size=150).map("".join),
+    size=st.integers(1, 40),
+    overlap_frac=st.floats(0, 0.99),
+    separators=INDEXED_SEPARATOR_SETS,
+    keep=KEEP,
+    n_threads=st.sampled_from([1, 2]),
+    slab=st.integers(1, 40),
+    flush=st.integers(1, 5),
+)
+def test_one_and_two_threads_match_langchain(threads, text, size, overlap_frac, separators, keep, n_threads, slab, flush):
+    overlap = min(int(size * overlap_frac), size - 1)
+    threads(n_threads, slab, flush)
+    check_all(text, size, overlap, separators, keep)
+
+
+@pytest.mark.parametrize("kind_char", ["", "é", "中", "😀"], ids=["ucs1-ascii", "ucs1", "ucs2", "ucs4"])
+@pytest.mark.parametrize("n_threads,flush", [(1, 256), (2, 256), (2, 1), (2, 7), (2, 100000)])
+def test_large_document_one_and_two_threads(threads, kind_char, n_threads, flush):
+    base = _stdlib_file("textwrap.py") + _stdlib_file("argparse.py")
+    # the odd character at a few places only: most batches are ASCII, some are not
+    text = base + kind_char + base + kind_char * 3 + base
+    threads(n_threads, 65536, flush)
+    expected = langchain_chunks(text, 500, 50)
+    assert chunk_text(text, 500, 50) == expected
+    got, offsets = chunk_text_with_offsets(text, 500, 50)
+    assert got == expected
+    assert all(text[o : o + len(c)] == c for o, c in zip(offsets, got))
+    assert chunk_text(text, 120, 0, ["\n\n\n", "\n", " ", ""], False) == langchain_chunks(
+        text, 120, 0, ["\n\n\n", "\n", " ", ""], False
+    )
+
+
+def test_two_threads_from_concurrent_python_threads(threads):
+    # Several callers at once, each with its own splitter thread: results stay exact.
+    import concurrent.futures
+
+    threads(2, 4096, 16)
+    base = _stdlib_file("textwrap.py")
+    texts = [base[i * 1000 :] + "😀" * i for i in range(8)]
+    expected = [langchain_chunks(t, 300, 30) for t in texts]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda t: chunk_text(t, 300, 30), texts * 3))
+    assert got == expected * 3
+
+
+def test_bad_input_with_two_threads(threads):
+    threads(2)
+    with pytest.raises(ValueError, match="chunk_overlap must be <"):
+        chunk_text("abc " * 1000, 10, 10)
+    with pytest.raises(ValueError, match="text must be a str"):
+        chunk_text(b"bytes " * 1000, 10, 1)
+    with pytest.raises(ValueError, match="keep_separator must be"):
+        chunk_text_with_offsets("abc " * 1000, 10, 1, keep_separator="middle")
