@@ -408,9 +408,10 @@ def cmd_collection_drop(client: RpcClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-ASK_TEMPLATE = (
-    "Answer the question using only the context below. Be brief.\n\nContext:\n{context}\n\nQuestion: {question}\nAnswer:"
-)
+# Context first, the question last, and a plain system prompt: the small shipped chat model
+# (SmolLM2-135M) otherwise tends to continue the numbered context instead of answering.
+ASK_TEMPLATE = "Context:\n{context}\n\nUsing the context above, answer this question in one or two sentences: {question}"
+ASK_SYSTEM = "You are a helpful assistant."
 
 
 @command("ask")
@@ -423,7 +424,7 @@ def cmd_ask(client: RpcClient, args: argparse.Namespace) -> int:
             {"op": "from_items", "items": [{"id": "question", "question": args.question}]},
             {"op": "retrieve", "collection": args.collection, "k": args.k, "hybrid": True},
             {"op": "prompt", "template": ASK_TEMPLATE},
-            {"op": "generate", "model": args.model, "max_tokens": args.max_tokens, "temperature": 0.0},
+            {"op": "generate", "model": args.model, "max_tokens": args.max_tokens, "temperature": 0.0, "system": ASK_SYSTEM, "stop": ["\n\n"]},
             {"op": "collect"},
         ],
     }
@@ -520,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--collection", default="docs")
     ask.add_argument("--model", default="smollm2")
-    ask.add_argument("-k", type=int, default=3, help="contexts retrieved")
+    ask.add_argument("-k", type=int, default=2, help="contexts retrieved")
     ask.add_argument("--max-tokens", type=int, default=200)
     return parser
 

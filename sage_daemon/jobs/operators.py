@@ -224,7 +224,9 @@ async def rerank_items(op: s.Rerank, items: list[Any], models: ModelClient) -> l
 
 def generation_request(op: s.Generate, item: Any, request_id: str) -> GenerationRequest:
     prompt = _field_text(item, op.field)
-    sampling = SamplingParams(max_tokens=op.max_tokens, temperature=op.temperature, seed=op.seed)
+    sampling = SamplingParams(
+        max_tokens=op.max_tokens, temperature=op.temperature, seed=op.seed, stop=tuple(op.stop), frequency_penalty=op.frequency_penalty
+    )
     if op.chat:
         messages = ((ChatMessage("system", op.system),) if op.system else ()) + (ChatMessage("user", prompt),)
         return GenerationRequest(request_id=request_id, sampling=sampling, messages=messages)

@@ -135,6 +135,8 @@ class Generate(_Stage, tag="generate"):
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=32768)] = 256
     temperature: NonNegative = 0.0
     seed: int | None = 0
+    stop: Annotated[list[str], msgspec.Meta(max_length=4)] = []  # the answer ends before any of these
+    frequency_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] = 0.0
 
 
 class Rerank(_Stage, tag="rerank"):
