@@ -27,6 +27,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from sage_daemon.core.nodes import cpu_model_name  # noqa: E402
 from sage_daemon.engines.base import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
 from sage_daemon.engines.llamacpp import LlamaCppEngine, LlamaCppSpec  # noqa: E402
 
@@ -62,14 +63,7 @@ def system_prompt(variant: int, approx_tokens: int = 600) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model_name()
     import llama_cpp
 
     return (

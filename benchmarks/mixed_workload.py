@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import statistics
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _machine import describe, print_header
+from _machine import describe, free_port, print_header, wait_healthy
 from openai import AsyncOpenAI
 
 REPO = Path(__file__).resolve().parent.parent
@@ -203,17 +202,7 @@ class DaemonProc:
         )
 
     def wait_healthy(self, timeout: float = 300) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited: see {self.root / 'daemon.log'}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"daemon not healthy after {timeout} s: see {self.root / 'daemon.log'}")
+        wait_healthy(self.url, self.proc, self.root / "daemon.log", timeout)
 
     def rpc(self, method: str, params: Any = None) -> Any:
         with RpcClient(self.socket) as client:
@@ -247,14 +236,6 @@ MODEL_BLOCKS = {
 
 def daemon_config(models: list[str], policy: str) -> str:
     return f'[control]\npolicy = "{policy}"\n\n' + "\n".join(MODEL_BLOCKS[m] for m in models)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- extra experiments

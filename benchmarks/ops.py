@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 import cython_ops  # noqa: E402
 from cython_ops import BM25Index, chunk_text, longest_common_prefix, prefix_hashes, tokenize, topk  # noqa: E402
+from sage_daemon.core.nodes import cpu_model_name  # noqa: E402
 
 THREADS = 2
 ROWS: list[tuple[str, str, str, str, str]] = []  # operator, measure, figure, ratio, target/result
@@ -63,14 +64,7 @@ def version(dist: str) -> str:
 
 
 def machine_line() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model_name()
     libs = ", ".join(
         f"{d} {version(d)}"
         for d in ("numpy", "scipy", "Cython", "faiss-cpu", "langchain-text-splitters", "rank-bm25", "bm25s")

@@ -103,7 +103,39 @@ class NotifyListener:
         self.sock.close()
 
 
-class DaemonProcess:
+class ChildProcess:
+    """A child whose output goes to a log file, stopped with SIGTERM (then SIGKILL) at the end.
+    Subclasses set proc, log, log_path and notify."""
+
+    proc: subprocess.Popen[bytes]
+    log: Any
+    log_path: Path
+    notify: NotifyListener
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.notify.close()
+        self.log.close()
+        return self.proc.returncode
+
+
+class DaemonProcess(ChildProcess):
     """`python -m sage_daemon` as a child process, ready once it sent READY=1."""
 
     def __init__(self, root: Path, *extra: str, env: dict[str, str] | None = None, wait_ready: bool = True, preexec: Any = None):
@@ -127,27 +159,6 @@ class DaemonProcess:
                 self.stop()
                 raise AssertionError(f"daemon did not become ready:\n{self.output()}") from None
 
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        return self.proc.wait(timeout)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.notify.close()
-        self.log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ def _meminfo() -> dict[str, int]:
     return values
 
 
-def _cpu_model() -> str:
+def cpu_model_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -129,7 +129,7 @@ def detect_node(overrides: NodesConfig = NodesConfig()) -> NodeInfo:
 
     return NodeInfo(
         hostname=socket.gethostname(),
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model_name(),
         cpu_count=cpu_count(),
         memory_total_bytes=memory.get("MemTotal", 0),
         memory_available_bytes=memory.get("MemAvailable", 0),

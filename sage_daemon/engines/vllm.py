@@ -37,7 +37,7 @@ from sage_daemon.engines.base import (
     GenerationChunk,
     GenerationRequest,
 )
-from sage_daemon.engines.remote import RemoteOpenAIEngine, RemoteSpec, describe
+from sage_daemon.engines.remote import RemoteOpenAIEngine, RemoteSpec
 
 log = logging.getLogger("sage.engines.vllm")
 

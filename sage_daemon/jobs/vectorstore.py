@@ -25,6 +25,7 @@ import msgspec
 import numpy as np
 
 from cython_ops import BM25Index, topk
+from sage_client.protocol import CollectionRow
 from sage_daemon.core.errors import ControlPlaneError, InvalidRequestError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -35,15 +36,8 @@ class CollectionNotFoundError(ControlPlaneError):
     status, code, type = 404, "not_found", "invalid_request_error"
 
 
-class CollectionInfo(msgspec.Struct):
-    name: str
-    count: int
-    dimensions: int
-    model: str
-    created_at: float
-    updated_at: float
-    path: str
-    size_bytes: int
+# The store describes a collection with the wire type `sagectl collection` shows: one shape.
+CollectionInfo = CollectionRow
 
 
 class Hit(msgspec.Struct):

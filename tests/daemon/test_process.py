@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from sage_client import protocol as p
 from sage_client.rpc import RpcClient
 from tests.conftest import DaemonProcess, isolated_flags, run_sagectl
 

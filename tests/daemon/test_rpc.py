@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import socket
 import struct
-from functools import partial
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 import trio
 

@@ -8,19 +8,16 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import re
 import struct
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import FRANCE, KEY, LiveDaemon, metric  # noqa: F401 - the shared session daemon
+from tests.conftest import FRANCE, LiveDaemon, metric
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import json
 
 from sage_daemon.engines.base import GenerationChunk
 from sage_daemon.http.errors import ApiError
-from sage_daemon.http.sse import DONE, ChatStream, CompletionStream, event
+from sage_daemon.http.sse import ChatStream, CompletionStream, event
 
 
 def events(data: bytes) -> list[object]:

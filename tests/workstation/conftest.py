@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, NotifyListener, isolated_flags
+from tests.conftest import REPO, ChildProcess, NotifyListener, isolated_flags
 
 needs_socket_activate = pytest.mark.skipif(
     shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate missing: apt-get install systemd"
@@ -37,7 +36,7 @@ def child_env(root: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-class ActivatedDaemon:
+class ActivatedDaemon(ChildProcess):
     """`systemd-socket-activate` holding the HTTP port and the RPC socket; it execs the daemon on
     the first connection to either, as systemd does with sage.socket (pid stays the same)."""
 
@@ -74,21 +73,6 @@ class ActivatedDaemon:
         """True once the tool has exec'd the daemon in its own process."""
         return "Execing" in self.output()
 
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.notify.close()
-        self.log.close()
-        return self.proc.returncode
 
 
 _PASSED = {"SAGE_API_KEY", "TOKENIZERS_PARALLELISM", "PATH", "HOME", "PYTHONPATH", "XDG_CONFIG_HOME", "PYTHONUNBUFFERED", "HF_HUB_OFFLINE", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "VIRTUAL_ENV"}
