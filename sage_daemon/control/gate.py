@@ -9,14 +9,23 @@ waiting decode step goes after it, so neither side starves: E L E L while both h
 from __future__ import annotations
 
 import threading
+import time
 from typing import Literal
 
 GateKind = Literal["llm", "embedding"]
 
 
+BACKGROUND_HOLD_S = 0.5  # the longest a background batch waits for an interactive first token
+
+
 class CpuGate:
+    """One step at a time on the cores. Background embedding batches (job stages) also wait while
+    an interactive LLM request is waiting for its first token (`interactive_pending`), for at most
+    BACKGROUND_HOLD_S, so a flood of background work does not sit between a chat and its answer."""
+
     def __init__(self, embedding_first: bool = True):
         self.embedding_first = embedding_first
+        self.interactive_pending = 0
         self._cond = threading.Condition()
         self._held = False
         self._last: GateKind | None = None
@@ -37,8 +46,19 @@ class CpuGate:
             return False  # an embedding batch is waiting: it goes before this decode step
         return self._last != kind  # both waiting: take turns
 
-    def acquire(self, kind: GateKind) -> None:
+    def set_interactive_pending(self, count: int) -> None:
         with self._cond:
+            self.interactive_pending = count
+            self._cond.notify_all()
+
+    def acquire(self, kind: GateKind, background: bool = False) -> None:
+        with self._cond:
+            hold_until = time.monotonic() + BACKGROUND_HOLD_S
+            while background and kind == "embedding" and self.interactive_pending > 0:
+                left = hold_until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
             self._waiting[kind] += 1
             try:
                 while not self._my_turn(kind):
@@ -60,8 +80,8 @@ class _GateView:
         self._gate = gate
         self._kind = kind
 
-    def acquire(self) -> None:
-        self._gate.acquire(self._kind)
+    def acquire(self, background: bool = False) -> None:
+        self._gate.acquire(self._kind, background)
 
     def release(self) -> None:
         self._gate.release()

@@ -20,6 +20,7 @@ import trio
 
 from sage_daemon.control.api import (
     ControlPlaneError,
+    Priority,
     DeadlineExceededError,
     EngineUnavailableError,
     HealthReport,
@@ -130,6 +131,11 @@ class ControlPlane:
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._ids = 0
+        self.interactive_pending = 0  # admitted interactive generations still waiting for a first token
+
+    def _interactive_waiting(self, delta: int) -> None:
+        self.interactive_pending += delta
+        self.gate.set_interactive_pending(self.interactive_pending)
 
     # ------------------------------------------------------------------ dispatcher
 
@@ -317,7 +323,9 @@ class ControlPlane:
             if engine is None:
                 raise EngineError(f"model {model} was unloaded")
             call = engine.embed_tokens if as_tokens else engine.embed  # type: ignore[attr-defined]
-            result = await call(inputs, dimensions)
+            # A batch of job-stage work only may be held back at the CPU gate for interactive chats.
+            background = all(t.meta.priority >= Priority.BACKGROUND for t in group)
+            result = await call(inputs, dimensions, background=background)
         except ValueError as exc:  # the engine found the input wrong (token ids outside the vocabulary...)
             for ticket in group:
                 ticket.outcome = InvalidRequestError(str(exc), param="input")
@@ -405,6 +413,7 @@ class GenerationStream:
         self._closed = False
         self._started = trio.current_time()
         self._last_token_at: float | None = None
+        self._awaiting_first = False  # counted in the plane's interactive_pending
         self.request_id = ticket.id
 
     def __aiter__(self) -> GenerationStream:
@@ -418,6 +427,9 @@ class GenerationStream:
             if self._inner is None:
                 await self.plane._wait_turn(self.ticket)
                 self._admitted = True
+                if self.ticket.meta.priority < Priority.BACKGROUND:
+                    self._awaiting_first = True
+                    self.plane._interactive_waiting(+1)
                 metrics.on_admitted(model, self.ticket.kind, trio.current_time() - self.ticket.enqueued_at)
                 self._inner = self.engine.generate(self.ticket.payload)
             chunk: GenerationChunk = await self._inner.__anext__()
@@ -435,6 +447,9 @@ class GenerationStream:
             await self.aclose()
             raise
         now = trio.current_time()
+        if (chunk.token_ids or chunk.text or chunk.finish_reason) and self._awaiting_first:
+            self._awaiting_first = False
+            self.plane._interactive_waiting(-1)
         if chunk.token_ids or chunk.text:
             if self._last_token_at is None:
                 metrics.on_first_token(model, now - self._started)
@@ -453,6 +468,9 @@ class GenerationStream:
         if self._closed:
             return
         self._closed = True
+        if self._awaiting_first:
+            self._awaiting_first = False
+            self.plane._interactive_waiting(-1)
         with trio.CancelScope(shield=True):
             try:
                 if self._inner is not None:

@@ -123,7 +123,8 @@ class StepGate(Protocol):
     releases it between steps, so work on another engine can run in between.
     """
 
-    def acquire(self) -> None: ...
+    def acquire(self, background: bool = False) -> None:
+        """Wait for this engine's turn; `background` work may be held back for interactive work."""
 
     def release(self) -> None: ...
 
@@ -131,7 +132,7 @@ class StepGate(Protocol):
 class NullGate:
     """A gate that never waits: for an engine that has the cores to itself."""
 
-    def acquire(self) -> None:
+    def acquire(self, background: bool = False) -> None:
         return None
 
     def release(self) -> None:
@@ -144,7 +145,7 @@ class ThreadGate:
     def __init__(self) -> None:
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
+    def acquire(self, background: bool = False) -> None:
         self._lock.acquire()
 
     def release(self) -> None:

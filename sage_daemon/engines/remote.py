@@ -367,10 +367,11 @@ class RemoteOpenAIEngine:
             self._generation_tokens_total += assembler.completion_tokens
             self._cached_tokens_total += assembler.cached_prompt_tokens
 
-    async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(self, texts: list[str], dimensions: int | None = None, background: bool = False) -> EmbeddingResult:
+        # `background` matters only to engines sharing this host's cores; the remote schedules its own.
         return await self._embed(list(texts), dimensions)
 
-    async def embed_tokens(self, token_lists: list[list[int]], dimensions: int | None = None) -> EmbeddingResult:
+    async def embed_tokens(self, token_lists: list[list[int]], dimensions: int | None = None, background: bool = False) -> EmbeddingResult:
         return await self._embed([list(ids) for ids in token_lists], dimensions)
 
     async def _embed(self, inputs: list[Any], dimensions: int | None) -> EmbeddingResult:

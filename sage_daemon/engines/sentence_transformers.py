@@ -232,15 +232,15 @@ class SentenceTransformersEngine:
 
     # -- embedding ---------------------------------------------------------------------------
 
-    async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(self, texts: list[str], dimensions: int | None = None, background: bool = False) -> EmbeddingResult:
         """Embed `texts` (inputs longer than max_seq_length are cut, and counted in `truncated`)."""
         self._check_dimensions(dimensions)
         if not texts:
             return EmbeddingResult([], 0, 0, self.dimensions)
-        result = await self._run_on_worker(lambda: self._embed_texts_blocking(list(texts)))
+        result = await self._run_on_worker(lambda: self._embed_texts_blocking(list(texts), background))
         return self._finish(result, dimensions)
 
-    async def embed_tokens(self, token_lists: list[list[int]], dimensions: int | None = None) -> EmbeddingResult:
+    async def embed_tokens(self, token_lists: list[list[int]], dimensions: int | None = None, background: bool = False) -> EmbeddingResult:
         """Embed pre-tokenized inputs (OpenAI's token-array input).
 
         The ids (as from `tokenize()`, without special tokens) are fed to the model directly,
@@ -259,7 +259,7 @@ class SentenceTransformersEngine:
             bad = [i for i in ids if not 0 <= i < vocab]
             if bad:
                 raise ValueError(f"token id {bad[0]} is outside this model's vocabulary (0..{vocab - 1})")
-        result = await self._run_on_worker(lambda: self._embed_ids_blocking([list(ids) for ids in token_lists]))
+        result = await self._run_on_worker(lambda: self._embed_ids_blocking([list(ids) for ids in token_lists], background))
         return self._finish(result, dimensions)
 
     async def tokenize(self, text: str) -> list[int]:
@@ -287,14 +287,14 @@ class SentenceTransformersEngine:
             result.dimensions = dimensions
         return result
 
-    def _gated(self, fn: Callable[[], T]) -> T:
-        self.gate.acquire()
+    def _gated(self, fn: Callable[[], T], background: bool = False) -> T:
+        self.gate.acquire(background)
         try:
             return fn()
         finally:
             self.gate.release()
 
-    def _embed_texts_blocking(self, texts: list[str]) -> EmbeddingResult:
+    def _embed_texts_blocking(self, texts: list[str], background: bool = False) -> EmbeddingResult:
         model = self._model
         limit = self.max_seq_length
         # Full lengths with special tokens, untruncated, to count what was cut.
@@ -303,7 +303,8 @@ class SentenceTransformersEngine:
         for start in range(0, len(texts), self.spec.max_batch):
             batch = texts[start : start + self.spec.max_batch]
             array = self._gated(
-                lambda: model.encode(batch, batch_size=len(batch), normalize_embeddings=self.spec.normalize, convert_to_numpy=True, show_progress_bar=False)
+                lambda: model.encode(batch, batch_size=len(batch), normalize_embeddings=self.spec.normalize, convert_to_numpy=True, show_progress_bar=False),
+                background,
             )
             vectors.extend(array.tolist())
         return EmbeddingResult(
@@ -314,7 +315,7 @@ class SentenceTransformersEngine:
             token_counts=full_lengths,
         )
 
-    def _embed_ids_blocking(self, token_lists: list[list[int]]) -> EmbeddingResult:
+    def _embed_ids_blocking(self, token_lists: list[list[int]], background: bool = False) -> EmbeddingResult:
         import torch
 
         model = self._model
@@ -334,7 +335,7 @@ class SentenceTransformersEngine:
                         embedding = torch.nn.functional.normalize(embedding, p=2, dim=1)
                     return embedding.float().cpu().tolist()
 
-            vectors.extend(self._gated(forward))
+            vectors.extend(self._gated(forward, background))
         full_lengths = [len(prefix) + len(ids) + len(suffix) for ids in token_lists]
         return EmbeddingResult(vectors, sum(len(s) for s in sequences), truncated, self.dimensions, token_counts=full_lengths)
 

@@ -422,7 +422,7 @@ class VllmEngine:
         except EngineError as exc:
             raise await self._explain(child, exc) from exc
 
-    async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(self, texts: list[str], dimensions: int | None = None, background: bool = False) -> EmbeddingResult:
         child, remote = self._serving()
         try:
             return await remote.embed(texts, dimensions)

@@ -68,7 +68,7 @@ class FakeEmbedder:
     def stats(self) -> EngineStats:
         return EngineStats()
 
-    async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(self, texts: list[str], dimensions: int | None = None, background: bool = False) -> EmbeddingResult:
         self.batches.append(len(texts))
         await trio.sleep(0.05)
         return EmbeddingResult([[float(len(t)), 1.0] for t in texts], sum(len(t) for t in texts), dimensions=2, token_counts=[len(t) for t in texts])
@@ -193,3 +193,34 @@ async def test_stop_accepting_fails_waiting_work(nursery: trio.Nursery, autojump
     with pytest.raises(ShuttingDownError):
         await plane.generate("llm", "completion", req(), RequestMeta("new"))
     await busy.aclose()
+
+
+def test_background_embedding_batches_wait_for_an_interactive_first_token() -> None:
+    import threading
+    import time
+
+    from sage_daemon.control import gate as gate_module
+    from sage_daemon.control.gate import CpuGate
+
+    gate = CpuGate()
+    order: list[str] = []
+
+    def batch(name: str, background: bool) -> None:
+        gate.acquire("embedding", background)
+        order.append(name)
+        gate.release()
+
+    gate.set_interactive_pending(1)
+    held = threading.Thread(target=batch, args=("background", True))
+    held.start()
+    batch("interactive", False)  # not held
+    time.sleep(0.05)
+    assert order == ["interactive"]
+    gate.set_interactive_pending(0)  # the first token arrived
+    held.join(2)
+    assert order == ["interactive", "background"]
+    # ...and never held longer than the bound, whatever happens to the chat.
+    gate.set_interactive_pending(1)
+    started = time.monotonic()
+    batch("late", True)
+    assert gate_module.BACKGROUND_HOLD_S - 0.05 <= time.monotonic() - started < gate_module.BACKGROUND_HOLD_S + 1.0
