@@ -68,11 +68,10 @@ class ChatMessageIn(Struct):
     name: str | None = None
 
 
-class ChatCompletionRequest(Struct, kw_only=True):
-    model: ModelName
-    messages: Annotated[list[ChatMessageIn], Meta(min_length=1)]
+class _SamplingFields(Struct, kw_only=True):
+    """The fields chat and text completions share (sampling, streaming, bookkeeping)."""
+
     max_tokens: MaxTokens | None = None
-    max_completion_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     seed: Seed | None = None
@@ -83,19 +82,26 @@ class ChatCompletionRequest(Struct, kw_only=True):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
-    response_format: ResponseFormat | None = None
     metadata: dict[str, str] | None = None
+    # Known but not supported: refused by name when set.
+    logit_bias: dict[str, float] | None = None
+    # vLLM's sampling extensions.
+    top_k: Annotated[int, Meta(ge=0)] | None = None
+    min_p: TopP | None = None
+    ignore_eos: bool | None = None
+
+
+class ChatCompletionRequest(_SamplingFields, kw_only=True):
+    model: ModelName
+    messages: Annotated[list[ChatMessageIn], Meta(min_length=1)]
+    max_completion_tokens: MaxTokens | None = None
+    response_format: ResponseFormat | None = None
     # Known but not supported: refused by name when set.
     logprobs: bool | None = None
     top_logprobs: int | None = None
     tools: list[Any] | None = None
     tool_choice: Any | None = None
     functions: list[Any] | None = None
-    logit_bias: dict[str, float] | None = None
-    # vLLM's sampling extensions.
-    top_k: Annotated[int, Meta(ge=0)] | None = None
-    min_p: TopP | None = None
-    ignore_eos: bool | None = None
 
 
 class ChatMessageOut(Struct):
@@ -147,31 +153,14 @@ class ChatCompletionChunk(Struct):
 PromptItem = Annotated[str, Meta(max_length=4_000_000)] | TokenId | list[TokenId]
 
 
-class CompletionRequest(Struct, kw_only=True):
+class CompletionRequest(_SamplingFields, kw_only=True):
     model: ModelName
     prompt: Annotated[str, Meta(max_length=4_000_000)] | Annotated[list[PromptItem], Meta(min_length=1, max_length=64)]
-    max_tokens: MaxTokens | None = None
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    seed: Seed | None = None
-    stop: str | StopList | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    n: ChoicesN | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-    metadata: dict[str, str] | None = None
     # Known but not supported.
     echo: bool | None = None
     suffix: str | None = None
     best_of: int | None = None
     logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
-    # vLLM's sampling extensions.
-    top_k: Annotated[int, Meta(ge=0)] | None = None
-    min_p: TopP | None = None
-    ignore_eos: bool | None = None
 
 
 class CompletionChoice(Struct):
