@@ -89,3 +89,27 @@ async def test_ray_executor_gives_the_local_executors_results(ctl: Ctl, shared_d
         assert ray_by_id[key]["text"] == row["text"]
         np.testing.assert_allclose(ray_by_id[key]["vector"], row["vector"], atol=1e-4)
     assert [p.items_out for p in ctx.progress] == [st["items_out"] for st in local["stages"]]
+
+
+@pytest.mark.slow
+def test_a_daemon_with_the_ray_backend_runs_jobs_on_ray(ctl: Ctl, tmp_path: Path) -> None:
+    """`[jobs].backend = "ray"` end to end: the daemon's own job manager starts Ray, places the
+    stages on Ray's nodes and gives the local executor's results."""
+    from tests.jobs.conftest import start_daemon
+
+    pipeline = write_pipeline(tmp_path, "same.toml", PIPELINE)
+    local = ctl.json("job", "submit", pipeline, "--wait")
+    process = start_daemon(tmp_path / "ray-daemon", "--set", "jobs.backend='ray'", "--set", "jobs.ray_num_cpus=2")
+    try:
+        on_ray = Ctl(process.socket).json("job", "submit", pipeline, "--wait", timeout=300)
+    finally:
+        process.stop()
+    assert on_ray["job"]["state"] == "succeeded", on_ray["job"]
+    assert all("/" in stage["node"] for stage in on_ray["stages"]), on_ray["stages"]  # Ray's node ids
+    local_by_id = by_id([json.loads(line) for line in Path(local["job"]["result_location"]).read_text().splitlines()])
+    ray_by_id = by_id([json.loads(line) for line in Path(on_ray["job"]["result_location"]).read_text().splitlines()])
+    assert set(local_by_id) == set(ray_by_id)
+    for key, row in local_by_id.items():
+        assert ray_by_id[key]["text"] == row["text"]
+        np.testing.assert_allclose(ray_by_id[key]["vector"], row["vector"], atol=1e-4)
+    assert [st["items_out"] for st in on_ray["stages"]] == [st["items_out"] for st in local["stages"]]
