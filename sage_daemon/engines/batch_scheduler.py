@@ -146,17 +146,10 @@ class BatchScheduler:
 
     def finish(self, seq: Sequence) -> list[KvOp]:
         """A sequence ended normally: its slot goes idle and keeps its cells for prefix reuse."""
-        if seq.status is SeqStatus.WAITING:
-            self.waiting.remove(seq)
-            seq.status = SeqStatus.FINISHED
+        slot = self._release(seq)
+        if slot is None:
             return []
-        if seq.status is SeqStatus.FINISHED:
-            return []
-        slot = seq.slot
-        del self.running[slot]
-        seq.status = SeqStatus.FINISHED
         tokens = seq.kv_tokens()
-        self.prefix_index.forget(slot)
         if len(tokens) == 0:
             return [KvTrim(slot, 0)]
         self.idle[slot] = _IdleSlot(tokens=tokens, last_used=next(self._clock))
@@ -176,17 +169,21 @@ class BatchScheduler:
 
     def abort(self, seq: Sequence) -> list[KvOp]:
         """A sequence was cancelled or failed: drop it and clear its cells at once."""
-        if seq.status is SeqStatus.WAITING:
+        slot = self._release(seq)
+        return [] if slot is None else [KvTrim(slot, 0)]
+
+    def _release(self, seq: Sequence) -> int | None:
+        """Mark `seq` finished; the slot it held (forgotten by the prefix index), or None if it held none."""
+        status, seq.status = seq.status, SeqStatus.FINISHED
+        if status is SeqStatus.WAITING:
             self.waiting.remove(seq)
-            seq.status = SeqStatus.FINISHED
-            return []
-        if seq.status is SeqStatus.FINISHED:
-            return []
+            return None
+        if status is SeqStatus.FINISHED:
+            return None
         slot = seq.slot
         del self.running[slot]
-        seq.status = SeqStatus.FINISHED
         self.prefix_index.forget(slot)
-        return [KvTrim(slot, 0)]
+        return slot
 
     def abort_all(self) -> list[Sequence]:
         seqs = list(self.waiting) + list(self.running.values())
