@@ -31,6 +31,8 @@ class CpuGate:
         self._last: GateKind | None = None
         self._waiting: dict[GateKind, int] = {"llm": 0, "embedding": 0}
         self.steps: dict[GateKind, int] = {"llm": 0, "embedding": 0}
+        self.held_s: dict[GateKind, float] = {"llm": 0.0, "embedding": 0.0}  # time each kind held the cores
+        self._held_since = 0.0
 
     def view(self, kind: GateKind) -> _GateView:
         """The StepGate an engine of this kind holds around each step."""
@@ -68,9 +70,12 @@ class CpuGate:
             self._held = True
             self._last = kind
             self.steps[kind] += 1
+            self._held_since = time.monotonic()
 
     def release(self) -> None:
         with self._cond:
+            if self._held and self._last is not None:
+                self.held_s[self._last] += time.monotonic() - self._held_since
             self._held = False
             self._cond.notify_all()
 

@@ -224,3 +224,21 @@ def test_background_embedding_batches_wait_for_an_interactive_first_token() -> N
     started = time.monotonic()
     batch("late", True)
     assert gate_module.BACKGROUND_HOLD_S - 0.05 <= time.monotonic() - started < gate_module.BACKGROUND_HOLD_S + 1.0
+
+
+def test_the_cpu_gate_counts_how_long_each_engine_kind_held_the_cores() -> None:
+    import time
+
+    from sage_daemon.control.gate import CpuGate
+
+    gate = CpuGate()
+    gate.acquire("embedding")
+    time.sleep(0.05)
+    gate.release()
+    gate.acquire("llm")
+    time.sleep(0.02)
+    gate.release()
+    gate.release()  # a stray release adds nothing
+    assert 0.05 <= gate.held_s["embedding"] < 0.5
+    assert 0.02 <= gate.held_s["llm"] < 0.45
+    assert gate.steps == {"llm": 1, "embedding": 1}
