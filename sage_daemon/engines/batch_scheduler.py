@@ -145,7 +145,9 @@ class BatchScheduler:
         return bool(self.running) or bool(self.waiting)
 
     def finish(self, seq: Sequence) -> list[KvOp]:
-        """A sequence ended normally: its slot goes idle and keeps its cells for prefix reuse."""
+        """A sequence ended, normally or cancelled (a client that stopped reading): its slot goes
+        idle and keeps the cells computed so far for prefix reuse, so the next turn of that chat
+        (or the next request with the same system prompt) does not prefill them again."""
         slot = self._release(seq)
         if slot is None:
             return []
@@ -166,11 +168,6 @@ class BatchScheduler:
             self.prefix_index.forget(lru)
             ops.append(KvTrim(lru, 0))
         return ops
-
-    def abort(self, seq: Sequence) -> list[KvOp]:
-        """A sequence was cancelled or failed: drop it and clear its cells at once."""
-        slot = self._release(seq)
-        return [] if slot is None else [KvTrim(slot, 0)]
 
     def _release(self, seq: Sequence) -> int | None:
         """Mark `seq` finished; the slot it held (forgotten by the prefix index), or None if it held none."""

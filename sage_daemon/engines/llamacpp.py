@@ -616,7 +616,7 @@ class LlamaCppEngine:
                 scheduler.add(stream.seq)
             elif not stream.finished:  # cancel
                 stream.finished = True
-                self._apply_kv_ops(model, scheduler.abort(stream.seq))
+                self._apply_kv_ops(model, scheduler.finish(stream.seq))
                 self._close_sampler(stream)
 
     def _apply_kv_ops(self, model: _Model, ops: list[KvOp]) -> None:

@@ -82,16 +82,29 @@ def test_finished_sequence_leaves_an_idle_slot_that_a_new_request_can_take() -> 
     assert plan.kv_ops == [KvTrim(0, 0)]  # nothing shared: the idle slot's cells are evicted
 
 
-def test_abort_clears_the_slot_cells_and_frees_it() -> None:
-    sched = BatchScheduler(n_slots=1, token_budget=16)
-    a = seq(range(4))
+def test_a_cancelled_sequence_keeps_its_computed_cells_for_the_next_request() -> None:
+    sched = BatchScheduler(n_slots=2, token_budget=64, prefix_block_size=4)
+    a = seq(range(20))
     sched.add(a)
     run_to_decode(sched)
-    assert sched.abort(a) == [KvTrim(0, 0)]
-    assert sched.slots_busy == 0 and sched.free_slots() == [0] and not sched.idle
+    sched.on_sampled(a, 99)  # sampled, not yet fed: not in the cells
+    assert sched.finish(a) == []  # the client went away mid-generation
+    assert sched.slots_busy == 0 and list(sched.idle[0].tokens) == list(range(20))
+    b = seq(list(range(20)) + [7, 8])  # the same chat, asked again
+    sched.add(b)
+    plan = sched.schedule()
+    assert plan.admitted == [b] and b.n_cached == 20
+    # Cancelled half-way through its prompt: only the prefilled part is kept.
+    c = seq(range(100, 140))
+    sched2 = BatchScheduler(n_slots=1, token_budget=16)
+    sched2.add(c)
+    sched2.schedule()
+    assert c.n_computed == 16
+    sched2.finish(c)
+    assert list(sched2.idle[0].tokens) == list(range(100, 116))
     waiting = seq(range(3))
-    sched.add(waiting)
-    assert sched.abort(waiting) == [] and not sched.waiting
+    sched2.add(waiting)
+    assert sched2.finish(waiting) == [] and not sched2.waiting
 
 
 # -- prefix reuse decisions ----------------------------------------------------------------------------
