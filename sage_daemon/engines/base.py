@@ -128,6 +128,10 @@ class StepGate(Protocol):
 
     def release(self) -> None: ...
 
+    def yield_to_interactive(self) -> None:
+        """Called by the holder between two parts of a background step (an embedding batch's
+        layers): if interactive work waits for its first token, let it take the cores first."""
+
 
 class NullGate:
     """A gate that never waits: for an engine that has the cores to itself."""
@@ -136,6 +140,9 @@ class NullGate:
         return None
 
     def release(self) -> None:
+        return None
+
+    def yield_to_interactive(self) -> None:
         return None
 
 
@@ -150,6 +157,9 @@ class ThreadGate:
 
     def release(self) -> None:
         self._lock.release()
+
+    def yield_to_interactive(self) -> None:
+        return None  # knows no priorities
 
 
 @runtime_checkable

@@ -118,6 +118,7 @@ class SentenceTransformersEngine:
         self._requests_total = 0
         self._prompt_tokens_total = 0
         self._truncated_total = 0
+        self._background_step = False  # the worker is running a background batch (read by _between_layers)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -153,6 +154,8 @@ class SentenceTransformersEngine:
         self.device = device
         model = SentenceTransformer(self.spec.model_path, device=device, local_files_only=True)
         model.eval()
+        for layer in _encoder_layers(model):
+            layer.register_forward_pre_hook(self._between_layers)
         return model
 
     async def unload(self) -> None:
@@ -289,10 +292,17 @@ class SentenceTransformersEngine:
 
     def _gated(self, fn: Callable[[], T], background: bool = False) -> T:
         self.gate.acquire(background)
+        self._background_step = background
         try:
             return fn()
         finally:
+            self._background_step = False
             self.gate.release()
+
+    def _between_layers(self, module: Any, args: Any) -> None:
+        """A forward pre-hook on each encoder layer: a background batch's yield points."""
+        if self._background_step:
+            self.gate.yield_to_interactive()
 
     def _embed_texts_blocking(self, texts: list[str], background: bool = False) -> EmbeddingResult:
         model = self._model
@@ -338,6 +348,14 @@ class SentenceTransformersEngine:
             vectors.extend(self._gated(forward, background))
         full_lengths = [len(prefix) + len(ids) + len(suffix) for ids in token_lists]
         return EmbeddingResult(vectors, sum(len(s) for s in sequences), truncated, self.dimensions, token_counts=full_lengths)
+
+
+def _encoder_layers(model: Any) -> list[Any]:
+    """The transformer's stack of layers (the longest ModuleList: BERT's encoder.layer, ...)."""
+    import torch
+
+    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
+    return list(max(stacks, key=len)) if stacks else []
 
 
 def _token_layout(model: Any) -> tuple[list[int], list[int], dict[str, Any]]:

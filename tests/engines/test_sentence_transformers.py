@@ -136,3 +136,41 @@ async def test_unloaded_engine_refuses_with_engine_error() -> None:
     idle = SentenceTransformersEngine(spec())
     with pytest.raises(EngineError, match="not loaded"):
         await idle.embed(["a"])
+
+
+async def test_a_background_batch_yields_between_layers_to_an_interactive_first_token(engine: SentenceTransformersEngine, reference: Any) -> None:
+    import threading
+    import time
+
+    from sage_daemon.control.gate import CpuGate
+
+    texts = [LONG_TEXT] * 8  # one batch of 8 × 256 tokens: long enough to be caught mid-way
+
+    async def run(background: bool) -> tuple[CpuGate, Any]:
+        gate = CpuGate()
+
+        def interactive_step() -> None:
+            while not (gate._held and gate._last == "embedding"):  # the batch holds the cores
+                time.sleep(0.0005)
+            gate.set_interactive_pending(1)  # a chat awaits its first token
+            gate.acquire("llm")
+            gate.release()
+            gate.set_interactive_pending(0)
+
+        saved, engine.gate = engine.gate, gate.view("embedding")
+        thread = threading.Thread(target=interactive_step)
+        thread.start()
+        try:
+            result = await engine.embed(texts, background=background)
+        finally:
+            engine.gate = saved
+            thread.join(10)
+        return gate, result
+
+    gate, result = await run(background=True)
+    # One batch, two holds of the cores: the chat's step ran between two of its layers.
+    assert gate.steps == {"llm": 1, "embedding": 2}
+    np.testing.assert_allclose(np.array(result.vectors), reference.encode(texts, normalize_embeddings=True), atol=1e-5)
+    # A batch at normal priority is not cut: the chat's step goes after it.
+    gate, _ = await run(background=False)
+    assert gate.steps == {"llm": 1, "embedding": 1}
