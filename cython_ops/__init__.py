@@ -1,4 +1,5 @@
-"""Cython hot operators: text chunking, top-k similarity, BM25 and prefix-cache hashing.
+"""Cython hot operators: text chunking, top-k similarity, BM25, prefix-cache hashing, and the
+flag-reading C callback llama.cpp calls to cut a decode step short.
 
 A leaf package (imports nothing from sage_daemon or sage_client). Every operator is compiled;
 there is deliberately no pure-Python fallback: a missing build fails here, loudly.
@@ -7,6 +8,7 @@ there is deliberately no pure-Python fallback: a missing build fails here, loudl
 from __future__ import annotations
 
 try:
+    from cython_ops.abort import flag_callback_address, flag_is_set
     from cython_ops.bm25 import BM25Index, tokenize
     from cython_ops.chunking import DEFAULT_SEPARATORS, chunk_text, chunk_text_with_offsets
     from cython_ops.prefix import longest_common_prefix, prefix_hashes
@@ -22,6 +24,8 @@ __all__ = [
     "DEFAULT_SEPARATORS",
     "chunk_text",
     "chunk_text_with_offsets",
+    "flag_callback_address",
+    "flag_is_set",
     "longest_common_prefix",
     "prefix_hashes",
     "tokenize",

@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
 import trio
 
 from sage_daemon.control.api import (
@@ -262,6 +263,8 @@ class ControlPlane:
                 param = "messages" if request.messages is not None else "prompt"
                 raise InvalidRequestError(str(exc), param=param) from None
             tokens = len(prepared.prompt_tokens or ())
+            if meta.priority >= Priority.BACKGROUND:
+                prepared = msgspec.structs.replace(prepared, background=True)
             ticket = self._enqueue(model, kind, meta, size=1, tokens=tokens, payload=prepared)
         except BaseException:
             with trio.CancelScope(shield=True):

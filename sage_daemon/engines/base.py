@@ -75,6 +75,7 @@ class GenerationRequest(msgspec.Struct, frozen=True):
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
     prompt_tokens: tuple[int, ...] | None = None
+    background: bool = False  # batch work (job stages, background priority): its steps may be cut short for interactive work
 
 
 class GenerationChunk(msgspec.Struct):

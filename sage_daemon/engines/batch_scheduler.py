@@ -42,6 +42,7 @@ class Sequence:
     n_computed: int = 0  # prompt tokens whose KV cells are in the cache (cached + prefilled)
     output: list[int] = field(default_factory=list)  # sampled tokens
     n_output_fed: int = 0  # sampled tokens already decoded into the KV cells
+    background: bool = False  # batch work: it sits out the steps that prefill an interactive prompt
 
     @property
     def prompt_len(self) -> int:
@@ -210,8 +211,12 @@ class BatchScheduler:
 
         items: list[BatchItem] = []
         budget = self.token_budget
+        # While an interactive prompt is prefilled, background sequences sit the step out: its
+        # first token comes from a step of its own size, not one shared with a batch job.
+        urgent = any(s.status is SeqStatus.PREFILL and not s.background for s in self.running.values())
+        live = sorted((s for s in self.running.values() if not (urgent and s.background)), key=lambda s: s.seq_no)
         # Decoding sequences first: one token each keeps every stream moving every step.
-        for seq in sorted(self.running.values(), key=lambda s: s.seq_no):
+        for seq in live:
             if budget == 0:
                 break
             if seq.status is SeqStatus.DECODE and seq.n_output_fed < len(seq.output):
@@ -220,7 +225,7 @@ class BatchScheduler:
                 seq.n_output_fed += 1
                 budget -= 1
         # Then prefill chunks, oldest admission first, within what is left of the budget.
-        for seq in sorted(self.running.values(), key=lambda s: s.seq_no):
+        for seq in live:
             if budget == 0:
                 break
             if seq.status is not SeqStatus.PREFILL:
@@ -234,6 +239,17 @@ class BatchScheduler:
                 seq.status = SeqStatus.DECODE
             budget -= n
         return StepPlan(kv_ops=kv_ops, items=items, admitted=admitted)
+
+    def unschedule(self, plan: StepPlan) -> None:
+        """The step of `plan` did not run (llama.cpp aborted it and dropped its cells): its tokens
+        go again in the next step. Admissions and KV operations stand (they were applied)."""
+        for item in plan.items:
+            seq = item.seq
+            if item.start_pos >= seq.prompt_len:  # a decode token
+                seq.n_output_fed -= len(item.tokens)
+            else:  # a prefill chunk
+                seq.n_computed -= len(item.tokens)
+                seq.status = SeqStatus.PREFILL
 
     def _admit(self, seq: Sequence) -> list[KvOp] | None:
         """Give `seq` a slot and its reusable prefix; None when every slot is live."""

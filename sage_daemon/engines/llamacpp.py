@@ -106,6 +106,7 @@ class _Stream:
     prompt_tokens: npt.NDArray[np.int32]
     send: trio.MemorySendChannel[GenerationChunk]
     trio_token: trio.lowlevel.TrioToken
+    background: bool = False  # its steps may be cut short for an interactive arrival
     seq: Sequence = field(init=False)
     sampler: object = None  # SamplerChain, made on the loop thread at admission
     decoder: Utf8StreamDecoder = field(default_factory=Utf8StreamDecoder)
@@ -117,7 +118,7 @@ class _Stream:
 
     def __post_init__(self) -> None:
         self.stop = StopStringMatcher(self.sampling.stop)
-        self.seq = Sequence(prompt=self.prompt_tokens, max_tokens=self.sampling.max_tokens, payload=self)
+        self.seq = Sequence(prompt=self.prompt_tokens, max_tokens=self.sampling.max_tokens, payload=self, background=self.background)
 
     def chunk(self, text: str, finish_reason: FinishReason | None = None, error: str | None = None) -> GenerationChunk:
         ids, self.unsent_token_ids = tuple(self.unsent_token_ids), []
@@ -183,6 +184,13 @@ class _Model:
             if not self.ctx:
                 raise EngineError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {spec.model_path!r}")
             self.memory = llama_cpp.llama_get_memory(self.ctx)
+            # Set abort_flag[0] to cut the running llama_decode short: llama.cpp checks it (through a
+            # compiled callback) between graph nodes and rolls the step's cells back.
+            from cython_ops import flag_callback_address
+
+            self.abort_flag = np.zeros(1, dtype=np.int32)
+            self._abort_callback = llama_cpp.ggml_abort_callback(flag_callback_address())
+            llama_cpp.llama_set_abort_callback(self.ctx, self._abort_callback, self.abort_flag.ctypes.data)
             self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
             # numpy views over the batch arrays: prefill chunks are filled with slice copies.
             self.batch_token = np.ctypeslib.as_array(self.batch.token, shape=(self.n_batch,))
@@ -278,6 +286,8 @@ class LlamaCppEngine:
         self._generation_tokens_total = 0
         self._cached_prompt_tokens_total = 0
         self._decode_steps = 0
+        self._preempted_steps = 0
+        self._background_step = False  # a step of background sequences only is running (guarded by _cond)
         self._slots_busy = 0
         self._waiting = 0
         self._idle_slots = 0
@@ -370,6 +380,7 @@ class LlamaCppEngine:
                 "waiting": float(self._waiting),
                 "idle_cached_slots": float(self._idle_slots),
                 "decode_steps": float(self._decode_steps),
+                "preempted_steps": float(self._preempted_steps),
             },
         )
 
@@ -481,6 +492,7 @@ class LlamaCppEngine:
             prompt_tokens=prompt_tokens,
             send=send,
             trio_token=trio.lowlevel.current_trio_token(),
+            background=request.background,
         )
         self._post(("submit", stream))
         try:
@@ -502,6 +514,8 @@ class LlamaCppEngine:
             if not self._accepting and quiet:
                 return
             self._inbox.append(command)
+            if command[0] == "submit" and not command[1].background and self._background_step and self._model is not None:
+                self._model.abort_flag[0] = 1  # an interactive request: cut the background step short
             self._cond.notify()
 
     # -- the decode loop (its own thread) ------------------------------------------------------------
@@ -584,7 +598,19 @@ class LlamaCppEngine:
                 n += k
             model.batch.n_tokens = n
 
-            self._decode_batch(model, n)
+            background_only = all(item.seq.background for item in plan.items)
+            with self._cond:
+                model.abort_flag[0] = 0
+                self._background_step = background_only
+            try:
+                completed = self._decode_batch(model, n)
+            finally:
+                with self._cond:
+                    self._background_step = False
+            if not completed:  # preempted: llama.cpp dropped the step's cells; the tokens go again
+                scheduler.unschedule(plan)
+                self._preempted_steps += 1
+                continue
             self._decode_steps += 1
 
             outbox: list[tuple[_Stream, GenerationChunk]] = []
@@ -594,15 +620,23 @@ class LlamaCppEngine:
             self._publish(scheduler)  # before delivering: a caller that saw its final chunk sees its slot freed
             self._deliver(outbox)
 
-    def _decode_batch(self, model: _Model, n_tokens: int) -> None:
-        """One llama_decode of the filled batch, holding the step gate only for its duration."""
+    def _decode_batch(self, model: _Model, n_tokens: int) -> bool:
+        """One llama_decode of the filled batch, holding the step gate only for its duration.
+        False when the step was aborted (abort_flag) before it finished."""
+        if model.abort_flag[0]:
+            return False
         self._gate.acquire()
         try:
+            if model.abort_flag[0]:  # an interactive request came while this step waited for the cores
+                return False
             rc = model.lib.llama_decode(model.ctx, model.batch)
         finally:
             self._gate.release()
+        if rc == 2:
+            return False
         if rc != 0:
             raise EngineError(f"llama_decode failed with code {rc} on a batch of {n_tokens} tokens")
+        return True
 
     def _publish(self, scheduler: BatchScheduler) -> None:
         self._slots_busy = scheduler.slots_busy

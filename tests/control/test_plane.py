@@ -28,6 +28,7 @@ class FakeLLM:
         self.parallel = parallel
         self.live = 0
         self.peak = 0
+        self.requests: list[GenerationRequest] = []
 
     async def load(self) -> None: ...
     async def unload(self) -> None: ...
@@ -39,6 +40,7 @@ class FakeLLM:
         return EngineStats(slots_total=self.parallel, slots_busy=self.live)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        self.requests.append(request)
         self.live += 1
         self.peak = max(self.peak, self.live)
         try:
@@ -108,6 +110,14 @@ async def test_admission_never_exceeds_the_engine_slots(nursery: trio.Nursery, a
             inner.start_soon(one, i)
     assert llm.peak == 2 and texts == ["t0 t1 t2 "] * 6
     assert plane.running["llm"] == 0 and plane.waiting == []
+
+
+async def test_background_generations_reach_the_engine_marked_as_preemptible(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    plane, llm, _ = await make_plane(nursery, parallel=2)
+    for priority in (Priority.BACKGROUND, Priority.NORMAL):
+        stream = await plane.generate("llm", "completion", req(1), RequestMeta(f"r-{priority.name}", priority))
+        await stream.collect()
+    assert [r.background for r in llm.requests] == [True, False]
 
 
 async def test_full_queue_is_a_429_with_retry_after(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import trio
@@ -369,3 +369,65 @@ def test_token_id_prompts_and_tokenize(engine: LlamaCppEngine) -> None:
 
     by_text, by_ids = trio.run(run)
     assert by_text == by_ids and by_text.strip()
+
+
+async def test_an_interactive_request_cuts_a_background_step_short_and_the_step_runs_again(smollm2_path: str) -> None:
+    eng = LlamaCppEngine(LlamaCppSpec(name="preempt", model_path=smollm2_path, n_ctx=512, parallel=8, threads=2, prefix_reuse=False))
+    await eng.load()
+    sampling = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+    background = [
+        GenerationRequest(request_id=f"bg{i}", prompt=f"Story number {i}: once upon a time", sampling=sampling, background=True) for i in range(5)
+    ]
+
+    async def run_batch(during: Callable[[], Awaitable[None]] | None = None) -> list[list[GenerationChunk]]:
+        out: dict[str, list[GenerationChunk]] = {}
+
+        async def one(request: GenerationRequest) -> None:
+            out[request.request_id] = await collect(eng, request)
+
+        async with trio.open_nursery() as nursery:
+            for request in background:
+                nursery.start_soon(one, request)
+            if during is not None:
+                await wait_until(lambda: eng.stats().slots_busy == len(background))
+                await during()
+        return [out[r.request_id] for r in background]
+
+    try:
+        reference = await run_batch()
+        assert eng.stats().extra["preempted_steps"] == 0
+
+        # Rolled back exactly: steps aborted at random points run again and give the same tokens
+        # (a token fed twice or skipped would derail the sequence at once). Only the first tokens
+        # are compared: greedy picks also depend on which KV cells a step lands in (the order
+        # attention sums them in), and a re-run step may land elsewhere, so long continuations
+        # can part ways by rounding, with or without aborts.
+        async def abort_now_and_then() -> None:
+            model = eng._model
+            assert model is not None
+            while eng.stats().slots_busy:
+                steps = eng.stats().extra["decode_steps"]
+                model.abort_flag[0] = 1  # lands in the running step, or the next one
+                await wait_until(lambda: eng.stats().extra["decode_steps"] >= steps + 2 or not eng.stats().slots_busy)
+
+        aborted = await run_batch(abort_now_and_then)
+        assert eng.stats().extra["preempted_steps"] >= 3
+        assert [token_ids_of(c)[:12] for c in aborted] == [token_ids_of(c)[:12] for c in reference]
+        assert all(c[-1].completion_tokens == 48 for c in aborted)
+
+        # Interactive requests arriving during background steps cut them short and get their answer.
+        before = eng.stats().extra["preempted_steps"]
+        answers: list[str] = []
+
+        async def chats() -> None:
+            for i in range(4):
+                await trio.sleep(0.05)
+                chunks = await collect(eng, GenerationRequest(request_id=f"chat{i}", prompt=FRANCE, sampling=SamplingParams(temperature=0, max_tokens=4)))
+                answers.append(text_of(chunks))
+
+        mixed = await run_batch(chats)
+        assert eng.stats().extra["preempted_steps"] > before
+        assert all(a.strip().startswith("Paris") for a in answers)
+        assert all(c[-1].completion_tokens == 48 and c[-1].finish_reason == "length" for c in mixed)
+    finally:
+        await eng.unload()

@@ -107,6 +107,50 @@ def test_a_cancelled_sequence_keeps_its_computed_cells_for_the_next_request() ->
     assert sched2.finish(waiting) == [] and not sched2.waiting
 
 
+def test_an_aborted_step_is_rolled_back_and_scheduled_again() -> None:
+    sched = BatchScheduler(n_slots=2, token_budget=12)
+    a = seq(range(4))
+    sched.add(a)
+    run_to_decode(sched)
+    sched.on_sampled(a, 42)
+    b = seq(range(100, 120))  # 20 prompt tokens: 11 fit beside a's decode token
+    sched.add(b)
+    plan = sched.schedule()
+    before = [(item.seq.seq_no, list(item.tokens), item.start_pos, item.wants_logits) for item in plan.items]
+    assert (a.n_output_fed, b.n_computed) == (1, 11)
+    sched.unschedule(plan)
+    assert (a.n_output_fed, b.n_computed, b.status) == (0, 0, SeqStatus.PREFILL)
+    again = sched.schedule()
+    assert again.admitted == [] and again.kv_ops == []
+    assert [(item.seq.seq_no, list(item.tokens), item.start_pos, item.wants_logits) for item in again.items] == before
+    # A prefill chunk that finished the prompt goes back to prefilling.
+    sched.on_sampled(a, 43)
+    last = sched.schedule()
+    assert b.status is SeqStatus.DECODE
+    sched.unschedule(last)
+    assert b.status is SeqStatus.PREFILL and b.n_computed == 11 and a.n_output_fed == 1
+
+
+def test_an_interactive_prompt_is_prefilled_in_a_step_of_its_own() -> None:
+    sched = BatchScheduler(n_slots=3, token_budget=64)
+    jobs = [seq(range(10 * i, 10 * i + 4)) for i in (1, 2)]
+    for job in jobs:
+        job.background = True
+        sched.add(job)
+    run_to_decode(sched)
+    for job in jobs:
+        sched.on_sampled(job, 7)
+    chat = seq(range(100, 105))
+    sched.add(chat)
+    plan = sched.schedule()
+    assert [item.seq for item in plan.items] == [chat]  # the background decodes sit this step out
+    for job in jobs:
+        assert job.n_output_fed == 0
+    sched.on_sampled(chat, 8)
+    nxt = sched.schedule()
+    assert {id(item.seq) for item in nxt.items} == {id(chat), *map(id, jobs)}  # then everyone again
+
+
 # -- prefix reuse decisions ----------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import cython_ops
 
-MODULES = ["chunking", "similarity", "bm25", "prefix"]
+MODULES = ["chunking", "similarity", "bm25", "prefix", "abort"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -21,7 +21,7 @@ def test_module_is_an_extension(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["chunk_text", "chunk_text_with_offsets", "topk", "tokenize", "prefix_hashes", "longest_common_prefix"]
+    "name", ["chunk_text", "chunk_text_with_offsets", "topk", "tokenize", "prefix_hashes", "longest_common_prefix", "flag_callback_address", "flag_is_set"]
 )
 def test_public_functions_are_compiled(name):
     fn = getattr(cython_ops, name)
@@ -35,3 +35,20 @@ def test_bm25_index_is_an_extension_type():
     assert cython_ops.BM25Index.__module__ == "cython_ops.bm25"
     assert not hasattr(cython_ops.BM25Index, "__dict__") or "__weakref__" not in cython_ops.BM25Index.__dict__
     assert type(cython_ops.BM25Index.search).__name__ in ("method_descriptor", "cython_function_or_method")
+
+
+def test_the_abort_callback_reads_the_flag_it_is_given():
+    import ctypes
+
+    import numpy as np
+
+    flag = np.zeros(1, dtype=np.int32)
+    assert cython_ops.flag_is_set(flag.ctypes.data) is False
+    flag[0] = 1
+    assert cython_ops.flag_is_set(flag.ctypes.data) is True
+    assert cython_ops.flag_is_set(0) is False  # no flag: never abort
+    # The address is the C function llama.cpp calls: called through ctypes it answers the same.
+    callback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p)(cython_ops.flag_callback_address())
+    assert callback(flag.ctypes.data) is True
+    flag[0] = 0
+    assert callback(flag.ctypes.data) is False
