@@ -22,7 +22,7 @@ class CpuGate:
     """One step at a time on the cores. Background embedding batches (job stages) also wait while
     an interactive LLM request is waiting for its first token (`interactive_pending`), for at most
     BACKGROUND_HOLD_S, and a background batch already running yields the cores between two of its
-    layers to such a request's step, so a flood of background work does not sit between a chat
+    layers' blocks to such a request's step, so a flood of background work does not sit between a chat
     and its answer."""
 
     def __init__(self, embedding_first: bool = True):

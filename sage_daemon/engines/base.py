@@ -131,7 +131,7 @@ class StepGate(Protocol):
 
     def yield_to_interactive(self) -> None:
         """Called by the holder between two parts of a background step (an embedding batch's
-        layers): if interactive work waits for its first token, let it take the cores first."""
+        layers' blocks): if interactive work waits for its first token, let it take the cores first."""
 
 
 class NullGate:

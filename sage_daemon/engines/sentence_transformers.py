@@ -118,7 +118,7 @@ class SentenceTransformersEngine:
         self._requests_total = 0
         self._prompt_tokens_total = 0
         self._truncated_total = 0
-        self._background_step = False  # the worker is running a background batch (read by _between_layers)
+        self._background_step = False  # the worker is running a background batch (read by _at_yield_point)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -154,8 +154,8 @@ class SentenceTransformersEngine:
         self.device = device
         model = SentenceTransformer(self.spec.model_path, device=device, local_files_only=True)
         model.eval()
-        for layer in _encoder_layers(model):
-            layer.register_forward_pre_hook(self._between_layers)
+        for part in _yield_points(model):
+            part.register_forward_pre_hook(self._at_yield_point)
         return model
 
     async def unload(self) -> None:
@@ -299,8 +299,8 @@ class SentenceTransformersEngine:
             self._background_step = False
             self.gate.release()
 
-    def _between_layers(self, module: Any, args: Any) -> None:
-        """A forward pre-hook on each encoder layer: a background batch's yield points."""
+    def _at_yield_point(self, module: Any, args: Any) -> None:
+        """A forward pre-hook on each block of each encoder layer: a background batch's yield points."""
         if self._background_step:
             self.gate.yield_to_interactive()
 
@@ -350,12 +350,16 @@ class SentenceTransformersEngine:
         return EmbeddingResult(vectors, sum(len(s) for s in sequences), truncated, self.dimensions, token_counts=full_lengths)
 
 
-def _encoder_layers(model: Any) -> list[Any]:
-    """The transformer's stack of layers (the longest ModuleList: BERT's encoder.layer, ...)."""
+def _yield_points(model: Any) -> list[Any]:
+    """Where a background batch may yield the cores: before each block of each transformer layer
+    (BERT's attention, intermediate, output: three per layer, ~5% of a batch each for MiniLM).
+    The layers are the longest ModuleList in the model."""
     import torch
 
     stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
-    return list(max(stacks, key=len)) if stacks else []
+    if not stacks:
+        return []
+    return [part for layer in max(stacks, key=len) for part in (list(layer.children()) or [layer])]
 
 
 def _token_layout(model: Any) -> tuple[list[int], list[int], dict[str, Any]]:
