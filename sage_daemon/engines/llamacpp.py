@@ -255,6 +255,9 @@ class _Model:
             self.model = None
 
 
+MAX_ABORTS_IN_A_ROW = 3  # background steps cut short in a row before one runs regardless
+
+
 class LlamaCppEngine:
     """An `LLMEngine` running a GGUF model in-process with continuous batching."""
 
@@ -287,7 +290,8 @@ class LlamaCppEngine:
         self._cached_prompt_tokens_total = 0
         self._decode_steps = 0
         self._preempted_steps = 0
-        self._background_step = False  # a step of background sequences only is running (guarded by _cond)
+        self._background_step = False  # a preemptible step (background decode tokens only) is running (guarded by _cond)
+        self._aborts_in_a_row = 0
         self._slots_busy = 0
         self._waiting = 0
         self._idle_slots = 0
@@ -598,10 +602,16 @@ class LlamaCppEngine:
                 n += k
             model.batch.n_tokens = n
 
-            background_only = all(item.seq.background for item in plan.items)
+            # Only a background step of decode tokens may be cut short: redoing it costs one decode
+            # step, while a thrown-away prefill chunk could cost seconds, again and again under a
+            # stream of interactive arrivals. A few aborts in a row at most: background work moves.
+            preemptible = (
+                self._aborts_in_a_row < MAX_ABORTS_IN_A_ROW
+                and all(item.seq.background and item.start_pos >= item.seq.prompt_len for item in plan.items)
+            )
             with self._cond:
                 model.abort_flag[0] = 0
-                self._background_step = background_only
+                self._background_step = preemptible
             try:
                 completed = self._decode_batch(model, n)
             finally:
@@ -610,7 +620,9 @@ class LlamaCppEngine:
             if not completed:  # preempted: llama.cpp dropped the step's cells; the tokens go again
                 scheduler.unschedule(plan)
                 self._preempted_steps += 1
+                self._aborts_in_a_row += 1
                 continue
+            self._aborts_in_a_row = 0
             self._decode_steps += 1
 
             outbox: list[tuple[_Stream, GenerationChunk]] = []
