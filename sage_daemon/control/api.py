@@ -66,6 +66,12 @@ class RequestMeta(msgspec.Struct):
     def deadline_at(self) -> float | None:
         return None if self.deadline_s is None else self.arrival + self.deadline_s
 
+    @property
+    def background(self) -> bool:
+        """Batch work (job stages, `background` priority): it may wait, or be cut short, for
+        interactive work."""
+        return self.priority >= Priority.BACKGROUND
+
 
 class HealthReport(msgspec.Struct):
     """Whether the daemon can serve: ok only when every required engine can (GET /health)."""

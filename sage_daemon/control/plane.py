@@ -21,7 +21,6 @@ import trio
 
 from sage_daemon.control.api import (
     ControlPlaneError,
-    Priority,
     DeadlineExceededError,
     EngineUnavailableError,
     HealthReport,
@@ -132,11 +131,10 @@ class ControlPlane:
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._ids = 0
-        self.interactive_pending = 0  # admitted interactive generations still waiting for a first token
 
     def _interactive_waiting(self, delta: int) -> None:
-        self.interactive_pending += delta
-        self.gate.set_interactive_pending(self.interactive_pending)
+        """Admitted interactive generations still waiting for a first token (the gate counts them)."""
+        self.gate.set_interactive_pending(self.gate.interactive_pending + delta)
 
     # ------------------------------------------------------------------ dispatcher
 
@@ -263,7 +261,7 @@ class ControlPlane:
                 param = "messages" if request.messages is not None else "prompt"
                 raise InvalidRequestError(str(exc), param=param) from None
             tokens = len(prepared.prompt_tokens or ())
-            if meta.priority >= Priority.BACKGROUND:
+            if meta.background:
                 prepared = msgspec.structs.replace(prepared, background=True)
             ticket = self._enqueue(model, kind, meta, size=1, tokens=tokens, payload=prepared)
         except BaseException:
@@ -327,7 +325,7 @@ class ControlPlane:
                 raise EngineError(f"model {model} was unloaded")
             call = engine.embed_tokens if as_tokens else engine.embed  # type: ignore[attr-defined]
             # A batch of job-stage work only may be held back at the CPU gate for interactive chats.
-            background = all(t.meta.priority >= Priority.BACKGROUND for t in group)
+            background = all(t.meta.background for t in group)
             result = await call(inputs, dimensions, background=background)
         except ValueError as exc:  # the engine found the input wrong (token ids outside the vocabulary...)
             for ticket in group:
@@ -416,7 +414,7 @@ class GenerationStream:
         self._closed = False
         self._started = trio.current_time()
         self._last_token_at: float | None = None
-        self._awaiting_first = False  # counted in the plane's interactive_pending
+        self._awaiting_first = False  # counted in the gate's interactive_pending
         self.request_id = ticket.id
 
     def __aiter__(self) -> GenerationStream:
@@ -430,7 +428,7 @@ class GenerationStream:
             if self._inner is None:
                 await self.plane._wait_turn(self.ticket)
                 self._admitted = True
-                if self.ticket.meta.priority < Priority.BACKGROUND:
+                if not self.ticket.meta.background:
                     self._awaiting_first = True
                     self.plane._interactive_waiting(+1)
                 metrics.on_admitted(model, self.ticket.kind, trio.current_time() - self.ticket.enqueued_at)

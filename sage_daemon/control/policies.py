@@ -285,7 +285,7 @@ class HybridPolicy:
                     state.free_slots.get(model, 0),
                     result,
                     reserve_for_background=self.settings.reserved_interactive_slots,
-                    background=lambda t: t.meta.priority >= Priority.BACKGROUND,
+                    background=lambda t: t.meta.background,
                 )
         return result
 
