@@ -290,7 +290,7 @@ class LlamaCppEngine:
         self._cached_prompt_tokens_total = 0
         self._decode_steps = 0
         self._preempted_steps = 0
-        self._background_step = False  # a preemptible step (background decode tokens only) is running (guarded by _cond)
+        self._preemptible_step = False  # a step of background decode tokens only is running (guarded by _cond)
         self._aborts_in_a_row = 0
         self._slots_busy = 0
         self._waiting = 0
@@ -518,7 +518,7 @@ class LlamaCppEngine:
             if not self._accepting and quiet:
                 return
             self._inbox.append(command)
-            if command[0] == "submit" and not command[1].background and self._background_step and self._model is not None:
+            if command[0] == "submit" and not command[1].background and self._preemptible_step and self._model is not None:
                 self._model.abort_flag[0] = 1  # an interactive request: cut the background step short
             self._cond.notify()
 
@@ -611,12 +611,12 @@ class LlamaCppEngine:
             )
             with self._cond:
                 model.abort_flag[0] = 0
-                self._background_step = preemptible
+                self._preemptible_step = preemptible
             try:
                 completed = self._decode_batch(model, n)
             finally:
                 with self._cond:
-                    self._background_step = False
+                    self._preemptible_step = False
             if not completed:  # preempted: llama.cpp dropped the step's cells; the tokens go again
                 scheduler.unschedule(plan)
                 self._preempted_steps += 1
