@@ -150,18 +150,10 @@ def test_bad_input(kwargs, match):
 # --- the character index and the batched materialisation ------------------------------------
 # chunk_text finds the positions of the character its leading separators are made of ("\n" by
 # default) a slab at a time, ahead of the splitter, and turns decided chunks into strings in
-# batches. _set_tuning shrinks both so that small texts cross many slab and batch seams.
+# batches. _set_tuning shrinks both so that small texts cross many slab and batch seams (with
+# one splitter thread or two: test_slabs_batches_and_threads_match_langchain, below).
 
 from cython_ops import chunking as _chunking  # noqa: E402
-
-
-@pytest.fixture
-def tuning():
-    def set_(slab, flush):
-        _chunking._set_tuning(slab, flush)
-
-    yield set_
-    _chunking._set_tuning()
 
 
 INDEXED_SEPARATOR_SETS = st.sampled_from(
@@ -178,22 +170,6 @@ INDEXED_SEPARATOR_SETS = st.sampled_from(
     ]
 )
 RUNS_ALPHABET = st.sampled_from(["\n", "\n\n", "\n\n\n", " ", "  ", "a", "aa", "b", "bc ", "中", "中中", "😀", "😀😀", "é", "\t", "\u3000"])
-
-
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(
-    text=st.lists(RUNS_ALPHABET, max_size=150).map("".join),
-    size=st.integers(1, 40),
-    overlap_frac=st.floats(0, 0.99),
-    separators=INDEXED_SEPARATOR_SETS,
-    keep=KEEP,
-    slab=st.integers(1, 40),
-    flush=st.integers(1, 5),
-)
-def test_index_slabs_and_batches_match_langchain(tuning, text, size, overlap_frac, separators, keep, slab, flush):
-    overlap = min(int(size * overlap_frac), size - 1)
-    tuning(slab, flush)
-    check_all(text, size, overlap, separators, keep)
 
 
 @pytest.mark.parametrize("kind_char", ["", "é", "中", "😀"], ids=["ucs1-ascii", "ucs1", "ucs2", "ucs4"])
@@ -232,7 +208,7 @@ def test_default_thread_count_follows_affinity():
     assert _chunking._default_threads() == (2 if cpus >= 2 else 1)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(
     text=st.lists(RUNS_ALPHABET, max_size=150).map("".join),
     size=st.integers(1, 40),
@@ -243,7 +219,7 @@ def test_default_thread_count_follows_affinity():
     slab=st.integers(1, 40),
     flush=st.integers(1, 5),
 )
-def test_one_and_two_threads_match_langchain(threads, text, size, overlap_frac, separators, keep, n_threads, slab, flush):
+def test_slabs_batches_and_threads_match_langchain(threads, text, size, overlap_frac, separators, keep, n_threads, slab, flush):
     overlap = min(int(size * overlap_frac), size - 1)
     threads(n_threads, slab, flush)
     check_all(text, size, overlap, separators, keep)
