@@ -120,7 +120,9 @@ class BatchScheduler:
         self.min_reuse_tokens = prefix_block_size if min_reuse_tokens is None else min_reuse_tokens
         self.prefix_reuse = prefix_reuse
         # Cells kept by idle slots are attended (masked) by every later decode step of the
-        # unified cache, so their total is bounded: least recently used slots go first.
+        # unified cache, so their total is bounded: least recently used slots go first. The
+        # most recently finished slot is kept whatever its size (the next turn of the chat that
+        # just ended is the likeliest reuse) and does not count against the budget.
         self.idle_cache_tokens = idle_cache_tokens
         self._clock = itertools.count()
         self._seq_numbers = itertools.count()
@@ -162,8 +164,9 @@ class BatchScheduler:
         if self.idle_cache_tokens is None:
             return []
         ops: list[KvOp] = []
-        total = sum(len(idle.tokens) for idle in self.idle.values())
-        while self.idle and total > self.idle_cache_tokens:
+        newest = max(self.idle, key=lambda s: self.idle[s].last_used)
+        total = sum(len(idle.tokens) for slot, idle in self.idle.items() if slot != newest)
+        while total > self.idle_cache_tokens:
             lru = min(self.idle, key=lambda s: self.idle[s].last_used)
             total -= len(self.idle.pop(lru).tokens)
             self.prefix_index.forget(lru)

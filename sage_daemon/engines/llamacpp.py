@@ -63,8 +63,9 @@ class LlamaCppSpec(msgspec.Struct, frozen=True, kw_only=True):
     flash_attn: bool | None = None  # None: llama.cpp decides
     prefix_reuse: bool = True  # copy a cached shared prompt prefix instead of prefilling it
     prefix_block_size: int = 16  # prefix-reuse granularity of the hash lookup (exact match after)
-    # Tokens that finished sequences may keep cached for reuse (None: up to n_ctx). Every decode
-    # step attends over all used cells of the unified cache, so idle caches cost some speed.
+    # Tokens that finished sequences other than the newest may keep cached for reuse (None: cells
+    # worth a quarter of the weights' bytes, at most n_ctx). Every decode step attends over all
+    # used cells of the unified cache, so idle caches cost some speed.
     idle_cache_tokens: int | None = None
     n_gpu_layers: int = 0
 
@@ -202,12 +203,24 @@ class _Model:
             self.eos = llama_cpp.llama_vocab_eos(self.vocab)
             self.eog_tokens = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
             self.eog_set = frozenset(self.eog_tokens)
+            # What one KV cell costs a decode step that attends it (f16 K and V in every layer),
+            # against the weights every step reads: sizes the idle-cache budget.
+            arch = self.meta("general.architecture") or ""
+            n_head = max(1, llama_cpp.llama_model_n_head(self.model))
+            head_dim = int(self.meta(f"{arch}.attention.key_length") or llama_cpp.llama_model_n_embd(self.model) // n_head)
+            self.kv_bytes_per_cell = llama_cpp.llama_model_n_layer(self.model) * llama_cpp.llama_model_n_head_kv(self.model) * head_dim * 2 * 2
+            self.weights_bytes = int(llama_cpp.llama_model_size(self.model))
             template = llama_cpp.llama_model_chat_template(self.model, None)
             self.gguf_chat_template = template.decode("utf-8") if template else None
             self._pieces: dict[int, bytes] = {}
         except BaseException:
             self.free()
             raise
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = self.lib.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
     def token_text(self, token: int) -> str:
         if token < 0:
@@ -326,7 +339,7 @@ class LlamaCppEngine:
                 model.n_batch,
                 self.spec.prefix_block_size,
                 prefix_reuse=self.spec.prefix_reuse,
-                idle_cache_tokens=self.n_ctx if self.spec.idle_cache_tokens is None else self.spec.idle_cache_tokens,
+                idle_cache_tokens=self._idle_cache_budget(model),
             )
             with self._cond:
                 self._inbox = []
@@ -411,6 +424,14 @@ class LlamaCppEngine:
             return True
         model = self._model
         return model is not None and model.gguf_chat_template is not None
+
+    def _idle_cache_budget(self, model: _Model) -> int:
+        """Tokens that idle slots other than the newest may keep. Their cells cost every later decode
+        step reading them (masked, but read) on top of the weights: by default they may add at most a
+        quarter of the weights' bytes (SmolLM2-135M: ~1,000 cells; a 7B model: ~8,000)."""
+        if self.spec.idle_cache_tokens is not None:
+            return self.spec.idle_cache_tokens
+        return min(self.n_ctx, model.weights_bytes // 4 // max(1, model.kv_bytes_per_cell))
 
     def _make_chat_formatter(self, model: _Model) -> object | None:
         template = self.spec.chat_format or model.gguf_chat_template

@@ -219,14 +219,26 @@ def test_without_free_slots_the_least_recently_used_idle_slot_is_evicted() -> No
 
 
 def test_idle_caches_beyond_their_token_budget_are_evicted_oldest_first() -> None:
-    sched = BatchScheduler(n_slots=4, token_budget=256, prefix_block_size=4, idle_cache_tokens=25)
+    # The newest idle cache does not count: the budget bounds the older ones.
+    sched = BatchScheduler(n_slots=4, token_budget=256, prefix_block_size=4, idle_cache_tokens=15)
     a, b, c = seq(range(100, 110)), seq(range(200, 210)), seq(range(300, 310))
     for s in (a, b, c):
         sched.add(s)
     run_to_decode(sched)
-    assert sched.finish(a) == [] and sched.finish(b) == []  # 20 cached tokens: within budget
-    assert sched.finish(c) == [KvTrim(a.slot, 0)]  # 30 > 25: the oldest idle cache goes
+    assert sched.finish(a) == [] and sched.finish(b) == []  # 10 older cached tokens: within budget
+    assert sched.finish(c) == [KvTrim(a.slot, 0)]  # 20 older > 15: the oldest idle cache goes
     assert sorted(sched.idle) == [b.slot, c.slot]
+
+
+def test_the_newest_idle_cache_is_kept_whatever_its_size() -> None:
+    sched = BatchScheduler(n_slots=2, token_budget=256, prefix_block_size=4, idle_cache_tokens=0)
+    a, b = seq(range(100, 140)), seq(range(200, 210))
+    for s in (a, b):
+        sched.add(s)
+    run_to_decode(sched)
+    assert sched.finish(a) == []  # 40 tokens over a budget of 0, but the newest: kept
+    assert sched.finish(b) == [KvTrim(a.slot, 0)]  # now a is older: evicted; b is kept
+    assert list(sched.idle) == [b.slot]
 
 
 def test_partial_match_on_an_idle_slot_copies_when_a_slot_is_free() -> None:
