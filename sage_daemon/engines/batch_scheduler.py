@@ -158,13 +158,12 @@ class BatchScheduler:
         if len(tokens) == 0:
             return [KvTrim(slot, 0)]
         self.idle[slot] = _IdleSlot(tokens=tokens, last_used=next(self._clock))
-        return self._enforce_idle_budget()
+        return self._enforce_idle_budget(newest=slot)
 
-    def _enforce_idle_budget(self) -> list[KvOp]:
+    def _enforce_idle_budget(self, newest: int) -> list[KvOp]:
         if self.idle_cache_tokens is None:
             return []
         ops: list[KvOp] = []
-        newest = max(self.idle, key=lambda s: self.idle[s].last_used)
         total = sum(len(idle.tokens) for slot, idle in self.idle.items() if slot != newest)
         while total > self.idle_cache_tokens:
             lru = min(self.idle, key=lambda s: self.idle[s].last_used)
