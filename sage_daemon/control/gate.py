@@ -82,7 +82,9 @@ class CpuGate:
         if not (self.interactive_pending and self._waiting[other]):  # racy read: the next layer checks again
             return
         self.release()
-        self.acquire(kind)  # turns alternate: the waiting step goes first
+        # Back as background work: it waits until the first token is out (bounded by
+        # BACKGROUND_HOLD_S), rather than taking every other step from the chat.
+        self.acquire(kind, background=True)
 
     def release(self) -> None:
         with self._cond:

@@ -20,6 +20,11 @@ import numpy.typing as npt
 
 from .prefix_cache import PrefixIndex, as_token_array
 
+# An interactive request keeps background sequences out of the steps for at most this many sampled
+# tokens while none of its output has come out (held-back bytes or a stop-string prefix): bounded,
+# so batch work always moves.
+URGENT_OUTPUT_TOKENS = 8
+
 
 class SeqStatus(enum.Enum):
     WAITING = "waiting"
@@ -42,7 +47,8 @@ class Sequence:
     n_computed: int = 0  # prompt tokens whose KV cells are in the cache (cached + prefilled)
     output: list[int] = field(default_factory=list)  # sampled tokens
     n_output_fed: int = 0  # sampled tokens already decoded into the KV cells
-    background: bool = False  # batch work: it sits out the steps that prefill an interactive prompt
+    background: bool = False  # batch work: it sits out the steps an interactive first token waits for
+    answered: bool = False  # the loop has handed out output (or the end) for it: its first token is out
 
     @property
     def prompt_len(self) -> int:
@@ -213,9 +219,10 @@ class BatchScheduler:
 
         items: list[BatchItem] = []
         budget = self.token_budget
-        # While an interactive prompt is prefilled, background sequences sit the step out: its
-        # first token comes from a step of its own size, not one shared with a batch job.
-        urgent = any(s.status is SeqStatus.PREFILL and not s.background for s in self.running.values())
+        # While an interactive request waits for its first output, background sequences sit the
+        # steps out: its prefill and the few decode steps before text comes out (a character spread
+        # over several byte tokens) are steps of its own size, not ones shared with a batch job.
+        urgent = any(not s.background and not s.answered and len(s.output) < URGENT_OUTPUT_TOKENS for s in self.running.values())
         live = sorted((s for s in self.running.values() if not (urgent and s.background)), key=lambda s: s.seq_no)
         # Decoding sequences first: one token each keeps every stream moving every step.
         for seq in live:

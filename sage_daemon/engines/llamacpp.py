@@ -754,6 +754,7 @@ class LlamaCppEngine:
             return
         by_run: dict[trio.lowlevel.TrioToken, list[tuple[_Stream, GenerationChunk]]] = {}
         for stream, chunk in outbox:
+            stream.seq.answered = True  # its first output is out: background steps may resume
             by_run.setdefault(stream.trio_token, []).append((stream, chunk))
         for trio_token, items in by_run.items():
             try:

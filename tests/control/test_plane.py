@@ -236,6 +236,35 @@ def test_background_embedding_batches_wait_for_an_interactive_first_token() -> N
     assert gate_module.BACKGROUND_HOLD_S - 0.05 <= time.monotonic() - started < gate_module.BACKGROUND_HOLD_S + 1.0
 
 
+def test_a_background_batch_that_yielded_stays_out_until_the_first_token() -> None:
+    import threading
+    import time
+
+    from sage_daemon.control.gate import CpuGate
+
+    gate = CpuGate()
+    order: list[str] = []
+    gate.acquire("embedding", background=True)  # a background batch holds the cores
+    gate.set_interactive_pending(1)  # a chat is admitted
+
+    def chat_steps() -> None:
+        for name in ("prefill", "decode"):  # its first text needs two steps
+            gate.acquire("llm")
+            order.append(name)
+            gate.release()
+        gate.set_interactive_pending(0)
+
+    chat = threading.Thread(target=chat_steps)
+    chat.start()
+    while not gate._waiting["llm"]:
+        time.sleep(0.001)
+    gate.yield_to_interactive("embedding")  # at the batch's next layer block
+    order.append("batch resumes")
+    gate.release()
+    chat.join(2)
+    assert order == ["prefill", "decode", "batch resumes"]  # not prefill, batch, decode
+
+
 def test_the_cpu_gate_counts_how_long_each_engine_kind_held_the_cores() -> None:
     import time
 

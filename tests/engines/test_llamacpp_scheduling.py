@@ -131,24 +131,46 @@ def test_an_aborted_step_is_rolled_back_and_scheduled_again() -> None:
     assert b.status is SeqStatus.PREFILL and b.n_computed == 11 and a.n_output_fed == 1
 
 
-def test_an_interactive_prompt_is_prefilled_in_a_step_of_its_own() -> None:
-    sched = BatchScheduler(n_slots=3, token_budget=64)
-    jobs = [seq(range(10 * i, 10 * i + 4)) for i in (1, 2)]
+def background_jobs_decoding(sched: BatchScheduler) -> list[Sequence]:
+    jobs = [seq(range(10 * i, 10 * i + 4), max_tokens=64) for i in (1, 2)]
     for job in jobs:
         job.background = True
         sched.add(job)
     run_to_decode(sched)
     for job in jobs:
         sched.on_sampled(job, 7)
+    return jobs
+
+
+def test_an_interactive_request_runs_in_steps_of_its_own_until_its_first_output_is_out() -> None:
+    sched = BatchScheduler(n_slots=3, token_budget=64)
+    jobs = background_jobs_decoding(sched)
     chat = seq(range(100, 105))
     sched.add(chat)
     plan = sched.schedule()
-    assert [item.seq for item in plan.items] == [chat]  # the background decodes sit this step out
+    assert [item.seq for item in plan.items] == [chat]  # the background decodes sit the prefill out
     for job in jobs:
         assert job.n_output_fed == 0
+    # Its first token held no text yet (half of a character): the next step is still its own.
     sched.on_sampled(chat, 8)
+    assert [item.seq for item in sched.schedule().items] == [chat]
+    sched.on_sampled(chat, 9)
+    chat.answered = True  # the loop handed its first text out
     nxt = sched.schedule()
     assert {id(item.seq) for item in nxt.items} == {id(chat), *map(id, jobs)}  # then everyone again
+
+
+def test_an_interactive_request_without_output_holds_background_work_back_for_a_few_tokens_only() -> None:
+    from sage_daemon.engines.batch_scheduler import URGENT_OUTPUT_TOKENS
+
+    sched = BatchScheduler(n_slots=3, token_budget=64)
+    jobs = background_jobs_decoding(sched)
+    chat = seq(range(100, 105), max_tokens=64)  # e.g. a stop-string prefix held back for long
+    sched.add(chat)
+    for _ in range(URGENT_OUTPUT_TOKENS):
+        assert [item.seq for item in sched.schedule().items] == [chat]
+        sched.on_sampled(chat, 8)
+    assert {id(item.seq) for item in sched.schedule().items} == {id(chat), *map(id, jobs)}
 
 
 # -- prefix reuse decisions ----------------------------------------------------------------------------
