@@ -230,13 +230,13 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.before_request
     async def _before() -> Response | None:
+        given = request.headers.get("x-request-id", "")
+        g.request_id = given if _REQUEST_ID.match(given) else f"req-{uuid.uuid4().hex}"
         if request.method == "POST":
             # The whole body in before any answer (an error included): hypercorn closes a
             # connection whose response ended before its request body did, and that close can be
             # cut short, leaving a keep-alive client's next request unanswered on an open socket.
             await request.get_data(as_text=False)
-        given = request.headers.get("x-request-id", "")
-        g.request_id = given if _REQUEST_ID.match(given) else f"req-{uuid.uuid4().hex}"
         origins = services.config.http.cors_origins
         if request.method == "OPTIONS" and origins and request.headers.get("Origin") and request.headers.get("Access-Control-Request-Method"):
             return Response(b"", status=204)  # the CORS headers are added after the request
