@@ -1,5 +1,5 @@
-"""Cython hot operators: text chunking, top-k similarity, BM25, prefix-cache hashing, and the
-flag-reading C callback llama.cpp calls to cut a decode step short.
+"""Cython hot operators: text chunking, top-k similarity, BM25, prefix-cache hashing, token
+sampling from logits, and the flag-reading C callback llama.cpp calls to cut a decode step short.
 
 A leaf package (imports nothing from sage_daemon or sage_client). Every operator is compiled;
 there is deliberately no pure-Python fallback: a missing build fails here, loudly.
@@ -12,6 +12,7 @@ try:
     from cython_ops.bm25 import BM25Index, tokenize
     from cython_ops.chunking import DEFAULT_SEPARATORS, chunk_text, chunk_text_with_offsets
     from cython_ops.prefix import longest_common_prefix, prefix_hashes
+    from cython_ops.sampling import sample_logits
     from cython_ops.similarity import topk
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -28,6 +29,7 @@ __all__ = [
     "flag_is_set",
     "longest_common_prefix",
     "prefix_hashes",
+    "sample_logits",
     "tokenize",
     "topk",
 ]

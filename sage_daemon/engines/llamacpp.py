@@ -125,7 +125,7 @@ class _Stream:
     trio_token: trio.lowlevel.TrioToken
     background: bool = False  # its steps may be cut short for an interactive arrival
     seq: Sequence = field(init=False)
-    sampler: object = None  # SamplerChain, made on the loop thread at admission
+    sampler: object = None  # llamacpp_sampling.Sampler, made on the loop thread at admission
     decoder: Utf8StreamDecoder = field(default_factory=Utf8StreamDecoder)
     stop: StopStringMatcher = field(init=False)
     unsent_token_ids: list[int] = field(default_factory=list)
@@ -711,9 +711,9 @@ class LlamaCppEngine:
                 lib.llama_memory_seq_cp(model.memory, op.src_slot, op.dst_slot, 0, op.n_tokens)
 
     def _start_stream(self, model: _Model, stream: _Stream) -> None:
-        from .llamacpp_sampling import SamplerChain
+        from .llamacpp_sampling import Sampler
 
-        stream.sampler = SamplerChain(stream.sampling, model.n_vocab, self.n_ctx, model.eog_tokens)
+        stream.sampler = Sampler(stream.sampling, model.n_vocab, model.eog_tokens)
         self._prompt_tokens_total += len(stream.prompt_tokens)
         self._cached_prompt_tokens_total += stream.seq.n_cached
 
@@ -760,9 +760,7 @@ class LlamaCppEngine:
 
     @staticmethod
     def _close_sampler(stream: _Stream) -> None:
-        if stream.sampler is not None:
-            stream.sampler.close()  # type: ignore[attr-defined]
-            stream.sampler = None
+        stream.sampler = None  # its scratch row (one float per vocabulary token) goes now
 
     def _deliver(self, outbox: list[tuple[_Stream, GenerationChunk]]) -> None:
         """Hand chunks to trio without waiting (one wake-up per trio run per step)."""

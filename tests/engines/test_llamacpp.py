@@ -6,6 +6,7 @@ import importlib.resources
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+import msgspec
 import pytest
 import trio
 
@@ -299,6 +300,23 @@ async def test_shared_prefix_is_reused_and_greedy_output_is_unchanged(smollm2_pa
     # Everything up to the differing user question came from the cache.
     assert n_prompt - 20 < warm_b[-1].cached_prompt_tokens < n_prompt
     assert text_of(warm_b) == text_of(cold_b) and text_of(warm_a) == text_of(cold_a)
+
+
+async def test_a_seed_repeats_a_sampled_generation_and_penalties_change_it(engine: LlamaCppEngine) -> None:
+    def request(rid: str, **sampling: float) -> GenerationRequest:
+        return GenerationRequest(request_id=rid, prompt="Once upon a time", sampling=SamplingParams(max_tokens=24, ignore_eos=True, **sampling))
+
+    nucleus = dict(temperature=0.9, top_p=0.9, top_k=50, min_p=0.02)
+    first = token_ids_of(await collect(engine, request("a", seed=7, **nucleus)))
+    again = token_ids_of(await collect(engine, request("b", seed=7, **nucleus)))
+    other = token_ids_of(await collect(engine, request("c", seed=8, **nucleus)))
+    assert len(first) == 24 and first == again and first != other
+    greedy = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+    plain = token_ids_of(await collect(engine, GenerationRequest(request_id="d", prompt=FRANCE, sampling=greedy)))
+    penalized_sampling = msgspec.structs.replace(greedy, frequency_penalty=2.0, presence_penalty=2.0)
+    penalized = token_ids_of(await collect(engine, GenerationRequest(request_id="e", prompt=FRANCE, sampling=penalized_sampling)))
+    # Greedy SmolLM2 repeats itself here; the penalties push it to new tokens.
+    assert len(set(plain)) < 48 and len(set(penalized)) > len(set(plain))
 
 
 async def test_streamed_text_never_splits_a_utf8_character(engine: LlamaCppEngine) -> None:

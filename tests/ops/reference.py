@@ -184,3 +184,50 @@ def longest_common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+# --- sampling: llama.cpp's chain order (top-k, top-p, min-p, temperature, draw) ---------------
+
+
+def sample_logits(logits: Sequence[float], temperature: float, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, u: float = 0.0) -> int:
+    """The token `u` picks, as llama.cpp's samplers define the distribution: after a top-k or
+    top-p the candidates are walked in descending logit order (ties: lower id first), otherwise
+    in token-id order. Weights are float32 exponentials (as the operator computes them: a token
+    whose weight underflows to 0 is never drawn), summed in float64."""
+    x = np.asarray(logits, dtype=np.float32)
+
+    def weight(value: float) -> float:
+        return float(np.exp(np.float32(value)))
+
+    finite = [i for i in range(len(x)) if x[i] > -math.inf]  # NaN and -inf never drawn
+    best = max(finite, key=lambda i: (x[i], -i))
+    if temperature <= 0:
+        return best
+    m = x[best]
+    if top_k >= len(x):
+        top_k = 0
+    min_logit = np.float32(m + np.float32(math.log(min_p))) if min_p > 0 else -math.inf
+    if top_k <= 0 and top_p >= 1.0:
+        order = [i for i in finite if x[i] >= min_logit]
+    else:
+        order = sorted(finite, key=lambda i: (-x[i], i))
+        if top_k > 0:
+            order = order[:top_k]
+        if top_p < 1.0:
+            total = sum(weight(x[i] - m) for i in (order if top_k > 0 else finite))
+            acc = 0.0
+            for j, i in enumerate(order):
+                acc += weight(x[i] - m)
+                if acc >= top_p * total:
+                    order = order[: j + 1]
+                    break
+        order = [order[0]] + [i for i in order[1:] if x[i] >= min_logit]
+    inv_t = np.float32(1.0 / temperature)
+    weights = [weight((x[i] - m) * inv_t) for i in order]
+    target = u * sum(weights)
+    acc = 0.0
+    for i, w in zip(order, weights):
+        acc += w
+        if acc > target:
+            return i
+    return order[-1]

@@ -10,7 +10,7 @@ import pytest
 
 import cython_ops
 
-MODULES = ["chunking", "similarity", "bm25", "prefix", "abort"]
+MODULES = ["chunking", "similarity", "bm25", "prefix", "sampling", "abort"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -21,7 +21,7 @@ def test_module_is_an_extension(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["chunk_text", "chunk_text_with_offsets", "topk", "tokenize", "prefix_hashes", "longest_common_prefix", "flag_callback_address", "flag_is_set"]
+    "name", ["chunk_text", "chunk_text_with_offsets", "topk", "tokenize", "prefix_hashes", "longest_common_prefix", "sample_logits", "flag_callback_address", "flag_is_set"]
 )
 def test_public_functions_are_compiled(name):
     fn = getattr(cython_ops, name)

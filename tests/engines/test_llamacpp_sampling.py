@@ -1,0 +1,47 @@
+"""The llama.cpp engine's per-sequence Sampler on hand-made logits (no model): the steps before
+the draw (end-of-generation suppression, OpenAI's presence and frequency penalties) and seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sage_daemon.engines.base import SamplingParams
+from sage_daemon.engines.llamacpp_sampling import Sampler
+
+
+def row(*values: float) -> np.ndarray:
+    return np.array(values, dtype=np.float32)
+
+
+def test_greedy_picks_the_highest_logit_and_ignore_eos_never_picks_an_end_token() -> None:
+    assert Sampler(SamplingParams(temperature=0.0), 4, eog_tokens=[2]).pick(row(0, 1, 5, 2)) == 2
+    suppressed = Sampler(SamplingParams(temperature=0.0, ignore_eos=True), 4, eog_tokens=[2])
+    assert suppressed.pick(row(0, 1, 5, 2)) == 3
+
+
+def test_penalties_lower_a_token_by_count_times_frequency_plus_presence_once() -> None:
+    sampler = Sampler(SamplingParams(temperature=0.0, frequency_penalty=0.5, presence_penalty=1.0), 3)
+    # Token 0 leads by 2.9: picked; then 0 - (1 x 0.5 + 1.0) = 1.5 still leads; then 0 - (2 x 0.5 + 1.0) = 1.0 < 1.1.
+    picks = [sampler.pick(row(3.0, 0.1, 1.1)) for _ in range(3)]
+    assert picks == [0, 0, 2]
+    # Token 2 now has one use (1.1 - 1.5 = -0.4), token 0 two (3.0 - 2.0 = 1.0): 0 again, over 1 (0.1).
+    assert sampler.pick(row(3.0, 0.1, 1.1)) == 0
+
+
+def test_negative_penalties_favour_repeats() -> None:
+    sampler = Sampler(SamplingParams(temperature=0.0, presence_penalty=-2.0), 2)
+    assert [sampler.pick(row(1.0, 0.0)) for _ in range(2)] == [0, 0]
+    assert sampler.pick(row(1.0, 2.5)) == 0  # 1.0 + 2.0 = 3.0 beats 2.5
+
+
+def test_a_seed_repeats_its_draws_and_different_seeds_differ() -> None:
+    logits = np.random.default_rng(1).standard_normal(5000).astype(np.float32)
+    params = SamplingParams(temperature=1.0, top_p=0.95, seed=1234)
+
+    def draws(p: SamplingParams) -> list[int]:
+        sampler = Sampler(p, len(logits))
+        return [sampler.pick(logits.copy()) for _ in range(20)]
+
+    assert draws(params) == draws(params)
+    assert draws(params) != draws(SamplingParams(temperature=1.0, top_p=0.95, seed=4321))
+    assert len(set(draws(params))) > 5  # it draws, it does not pick the top every time
