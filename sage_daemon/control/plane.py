@@ -258,7 +258,7 @@ class ControlPlane:
                 # Tokenizing and rendering the chat template are blocking work: off the trio thread.
                 prepared = await trio.to_thread.run_sync(engine.prepare, request) if hasattr(engine, "prepare") else request
             except ValueError as exc:  # ContextOverflowError, ChatTemplateMissingError, bad token ids
-                param = "messages" if request.messages is not None else "prompt"
+                param = getattr(exc, "param", None) or ("messages" if request.messages is not None else "prompt")
                 raise InvalidRequestError(str(exc), param=param) from None
             tokens = len(prepared.prompt_tokens or ())
             if meta.background:

@@ -43,6 +43,15 @@ class ContextOverflowError(ValueError):
         )
 
 
+class InvalidSamplingError(ValueError):
+    """A sampling setting this model cannot take (a logit_bias token outside its vocabulary): a
+    client's 400 that names the request field."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
 class ChatTemplateMissingError(ValueError):
     """A chat request to a model with no chat template and no configured chat_format: a client's 400."""
 
@@ -65,6 +74,7 @@ class SamplingParams(msgspec.Struct, frozen=True):
     frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), OpenAI's logit_bias
 
 
 class GenerationRequest(msgspec.Struct, frozen=True):

@@ -40,6 +40,7 @@ from .base import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,
+    InvalidSamplingError,
     NullGate,
     SamplingParams,
     StepGate,
@@ -287,6 +288,15 @@ class _Model:
 MAX_ABORTS_IN_A_ROW = 3  # background steps cut short in a row before one runs regardless
 
 
+def _check_sampling(model: _Model, sampling: SamplingParams) -> None:
+    """A client's settings this model cannot take: ValueError (a 400) before anything is queued."""
+    if sampling.max_tokens < 1:
+        raise ValueError("max_tokens must be >= 1")
+    outside = [token for token, _ in sampling.logit_bias if not 0 <= token < model.n_vocab]
+    if outside:
+        raise InvalidSamplingError(f"logit_bias token ids must be in [0, {model.n_vocab}) for this model; got {outside[0]}", "logit_bias")
+
+
 class LlamaCppEngine:
     """An `LLMEngine` running a GGUF model in-process with continuous batching."""
 
@@ -503,8 +513,7 @@ class LlamaCppEngine:
         EngineError if the engine is not serving.
         """
         model = self._require_model()
-        if request.sampling.max_tokens < 1:
-            raise ValueError("max_tokens must be >= 1")
+        _check_sampling(model, request.sampling)
         tokens = self._prompt_tokens(model, request)
         if len(tokens) + request.sampling.max_tokens > self.n_ctx:
             raise ContextOverflowError(len(tokens), request.sampling.max_tokens, self.n_ctx)
@@ -520,8 +529,7 @@ class LlamaCppEngine:
         """
         model = self._require_model()
         sampling = request.sampling
-        if sampling.max_tokens < 1:
-            raise ValueError("max_tokens must be >= 1")
+        _check_sampling(model, sampling)
         prompt_tokens = self._prompt_tokens(model, request)
         if len(prompt_tokens) + sampling.max_tokens > self.n_ctx:
             raise ContextOverflowError(len(prompt_tokens), sampling.max_tokens, self.n_ctx)

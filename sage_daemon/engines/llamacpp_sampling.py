@@ -31,6 +31,8 @@ class Sampler:
         self._row_bytes = self._row.nbytes
         # ignore_eos: the end-of-generation tokens can never be drawn.
         self._suppressed = np.asarray(eog_tokens, dtype=np.int64) if params.ignore_eos and eog_tokens else None
+        self._bias_ids = np.asarray([t for t, _ in params.logit_bias], dtype=np.int64) if params.logit_bias else None
+        self._bias = np.asarray([b for _, b in params.logit_bias], dtype=np.float32) if params.logit_bias else None
         penalized = params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
         self._counts = np.zeros(n_vocab, dtype=np.float32) if penalized else None
         self._seen: list[int] = []
@@ -48,6 +50,8 @@ class Sampler:
     def pick(self, row: np.ndarray) -> int:
         """Pick from one row of float32 logits (changed in place), and count the token."""
         p = self._params
+        if self._bias_ids is not None:
+            row[self._bias_ids] += self._bias
         if self._suppressed is not None:
             row[self._suppressed] = -np.inf
         if self._counts is not None and self._seen:

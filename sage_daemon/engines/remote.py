@@ -197,6 +197,8 @@ def sampling_body(sampling: SamplingParams) -> dict[str, Any]:
         body["frequency_penalty"] = sampling.frequency_penalty
     if sampling.stop:
         body["stop"] = list(sampling.stop)
+    if sampling.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in sampling.logit_bias}
     # Accepted by vLLM, llama.cpp's server and sage; OpenAI itself would refuse them.
     if sampling.top_k:
         body["top_k"] = sampling.top_k

@@ -140,6 +140,18 @@ def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(x for x in items if x)
 
 
+def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's logit_bias ({"token id": bias}) as (id, bias) pairs; the engine checks the ids against its vocabulary."""
+    if not bias:
+        return ()
+    pairs: dict[int, float] = {}
+    for key, value in bias.items():
+        if not (key.isascii() and key.isdigit()):
+            raise bad_request(f"logit_bias keys are token ids (non-negative integers as strings); got {key!r}", param="logit_bias")
+        pairs[int(key)] = value
+    return tuple(pairs.items())
+
+
 def _chat_messages(messages: list[s.ChatMessageIn]) -> tuple[ChatMessage, ...]:
     out = []
     for i, message in enumerate(messages):
@@ -436,6 +448,7 @@ def create_app(services: Services) -> QuartTrio:
             frequency_penalty=req.frequency_penalty or 0.0,
             stop=_stop(req.stop),
             ignore_eos=bool(req.ignore_eos),
+            logit_bias=_logit_bias(req.logit_bias),
         )
 
     def metas_for(meta: RequestMeta, count: int) -> list[RequestMeta]:
@@ -444,8 +457,6 @@ def create_app(services: Services) -> QuartTrio:
         return [msgspec.structs.replace(meta, request_id=f"{meta.request_id}-{i}") for i in range(count)]
 
     def refuse_common(req: Any) -> None:
-        if req.logit_bias:
-            raise unsupported("logit_bias", "logit_bias")
         if req.stream_options is not None and not req.stream:
             raise bad_request("stream_options is only allowed when stream is true", param="stream_options")
 

@@ -70,7 +70,8 @@ def from_validation(exc: msgspec.ValidationError) -> ApiError:
     param = None
     if match:
         text = text[: match.start()]
-        param = match.group("path").lstrip(".") or None
+        # msgspec writes a dict's value as `[...]` (metadata, logit_bias): the field is what a client can act on.
+        param = match.group("path").replace("[...]", "").lstrip(".") or None
         text = f"{text} at {param}" if param else text
     if text.startswith("Expected `object`") and param is None:
         text = "the request body must be a JSON object: " + text

@@ -18,6 +18,7 @@ ModelName = Annotated[str, Meta(min_length=1, max_length=256, description="A con
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+LogitBias = Annotated[float, Meta(ge=-100.0, le=100.0)]
 MaxTokens = Annotated[int, Meta(ge=1, le=1_048_576)]
 ChoicesN = Annotated[int, Meta(ge=1, le=16, description="Choices to generate; each runs as its own sequence.")]
 Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
@@ -83,8 +84,7 @@ class _SamplingFields(Struct, kw_only=True):
     stream_options: StreamOptions | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
-    # Known but not supported: refused by name when set.
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, LogitBias] | None = None  # token id (a decimal string) -> bias added to its logit
     # vLLM's sampling extensions.
     top_k: Annotated[int, Meta(ge=0)] | None = None
     min_p: TopP | None = None

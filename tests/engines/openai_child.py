@@ -72,8 +72,14 @@ def build_app(args: argparse.Namespace) -> QuartTrio:
     async def stream_tokens(prompt: str, body: dict[str, Any], chat: bool, completion_id: str) -> AsyncIterator[bytes]:
         counter = {"sampled": 0}
 
+        bias = {int(k): float(v) for k, v in (body.get("logit_bias") or {}).items()}
+
         def count_samples(input_ids: Any, scores: Any) -> Any:
             counter["sampled"] += 1  # one call per sampled token: exact completion_tokens
+            # logit_bias here, not create_completion's own: with a logits_processor given too,
+            # llama-cpp-python 0.3 drops both (it keeps the None that list.extend returns).
+            for token, value in bias.items():
+                scores[token] += value
             return scores
 
         prompt_tokens = len(llm.tokenize(prompt.encode(), special=True))

@@ -18,6 +18,7 @@ from sage_daemon.engines.base import (
     EngineState,
     GenerationChunk,
     GenerationRequest,
+    InvalidSamplingError,
     LLMEngine,
     SamplingParams,
 )
@@ -317,6 +318,21 @@ async def test_a_seed_repeats_a_sampled_generation_and_penalties_change_it(engin
     penalized = token_ids_of(await collect(engine, GenerationRequest(request_id="e", prompt=FRANCE, sampling=penalized_sampling)))
     # Greedy SmolLM2 repeats itself here; the penalties push it to new tokens.
     assert len(set(plain)) < 48 and len(set(penalized)) > len(set(plain))
+
+
+async def test_logit_bias_bans_and_forces_tokens_and_out_of_vocabulary_ids_are_refused(engine: LlamaCppEngine) -> None:
+    greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    plain = token_ids_of(await collect(engine, GenerationRequest(request_id="lb0", prompt=FRANCE, sampling=greedy)))
+    banned = msgspec.structs.replace(greedy, logit_bias=((plain[0], -100.0),))
+    without_first = token_ids_of(await collect(engine, GenerationRequest(request_id="lb1", prompt=FRANCE, sampling=banned)))
+    assert plain[0] not in without_first and without_first != plain
+    forced_token = engine.tokenize(" banana")[-1]
+    forced = msgspec.structs.replace(greedy, logit_bias=((forced_token, 100.0),))
+    assert token_ids_of(await collect(engine, GenerationRequest(request_id="lb2", prompt=FRANCE, sampling=forced))) == [forced_token] * 6
+    outside = msgspec.structs.replace(greedy, logit_bias=((10**7, 1.0),))
+    with pytest.raises(InvalidSamplingError) as info:
+        engine.prepare(GenerationRequest(request_id="lb3", prompt=FRANCE, sampling=outside))
+    assert info.value.param == "logit_bias" and "10000000" in str(info.value)
 
 
 async def test_streamed_text_never_splits_a_utf8_character(engine: LlamaCppEngine) -> None:

@@ -45,3 +45,22 @@ def test_a_seed_repeats_its_draws_and_different_seeds_differ() -> None:
     assert draws(params) == draws(params)
     assert draws(params) != draws(SamplingParams(temperature=1.0, top_p=0.95, seed=4321))
     assert len(set(draws(params))) > 5  # it draws, it does not pick the top every time
+
+
+def test_logit_bias_is_added_before_the_draw() -> None:
+    logits = row(3.0, 0.0, 1.0, 2.0)
+    assert Sampler(SamplingParams(temperature=0.0, logit_bias=((1, 100.0),)), 4).pick(logits.copy()) == 1
+    assert Sampler(SamplingParams(temperature=0.0, logit_bias=((0, -100.0),)), 4).pick(logits.copy()) == 3
+    # A small bias moves a near tie: 2.0 + 1.5 = 3.5 beats 3.0; and it applies to every draw.
+    nudged = Sampler(SamplingParams(temperature=0.0, logit_bias=((3, 1.5),)), 4)
+    assert [nudged.pick(logits.copy()) for _ in range(3)] == [3, 3, 3]
+    # With ignore_eos, a bias cannot bring back a suppressed end token.
+    assert Sampler(SamplingParams(temperature=0.0, ignore_eos=True, logit_bias=((2, 100.0),)), 4, eog_tokens=[2]).pick(logits.copy()) == 0
+
+
+def test_a_banned_token_is_never_drawn_at_temperature_one() -> None:
+    logits = np.zeros(50, dtype=np.float32)
+    logits[7] = 5.0  # the likeliest token by far
+    sampler = Sampler(SamplingParams(temperature=1.0, seed=3, logit_bias=((7, -100.0),)), 50)
+    draws = {sampler.pick(logits.copy()) for _ in range(300)}
+    assert 7 not in draws and len(draws) > 20

