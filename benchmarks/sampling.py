@@ -69,7 +69,8 @@ class LlamaCppChain:
         L.llama_sampler_free(self.chain)
 
 
-def per_draw(reps: int) -> list[tuple[str, float, float]]:
+def per_draw(reps: int) -> tuple[list[tuple[str, float, float]], list[tuple[int, float, float]]]:
+    """Per-draw times against llama.cpp's chain; and the cost of asked-for logprobs against a greedy draw."""
     model, _quiet = load_smollm2()
     cparams = L.llama_context_default_params()
     cparams.n_ctx, cparams.n_threads, cparams.n_threads_batch = 2048, 2, 2
@@ -94,10 +95,23 @@ def per_draw(reps: int) -> list[tuple[str, float, float]]:
                     sampler.sample(ctx, -1)
                 (theirs if kind == "chain" else ours).append((time.perf_counter() - started) / draws)
         rows.append((name, statistics.median(theirs), statistics.median(ours)))
+    logprob_rows = []
+    for k in (0, 5, 20):
+        plain, with_logprobs = [], []
+        for _ in range(reps):
+            for asked in (False, True):
+                sampler = llamacpp_sampling.Sampler(SamplingParams(temperature=0.0, logprobs=k if asked else None), n_vocab)
+                started = time.perf_counter()
+                for _ in range(200):
+                    token = sampler.sample(ctx, -1)
+                    if asked:
+                        sampler.logprobs_of(token)
+                (with_logprobs if asked else plain).append((time.perf_counter() - started) / 200)
+        logprob_rows.append((k, statistics.median(plain), statistics.median(with_logprobs)))
     L.llama_batch_free(batch)
     L.llama_free(ctx)
     L.llama_model_free(model)
-    return rows
+    return rows, logprob_rows
 
 
 async def in_engine(reps: int, n_tokens: int) -> dict[str, float]:
@@ -132,8 +146,12 @@ def main() -> None:
     args = parser.parse_args()
     print_header("token sampling: Sampler (sample_logits) vs llama.cpp's sampler chain")
     print("\n| per draw, SmolLM2 logits row | llama.cpp chain | Sampler | speed-up |\n|---|---|---|---|")
-    for name, theirs, ours in per_draw(args.reps):
+    rows, logprob_rows = per_draw(args.reps)
+    for name, theirs, ours in rows:
         print(f"| {name} | {theirs * 1e6:.0f} µs | {ours * 1e6:.0f} µs | {theirs / ours:.1f}× |")
+    print("\n| greedy draw with logprobs asked for (Sampler) | without | with | ratio |\n|---|---|---|---|")
+    for k, plain, with_logprobs in logprob_rows:
+        print(f"| sampled token + top {k} | {plain * 1e6:.0f} µs | {with_logprobs * 1e6:.0f} µs | {with_logprobs / plain:.1f}× |")
     figures = trio.run(in_engine, args.reps, args.tokens)
     print(f"\n| LlamaCppEngine, {args.tokens} tokens per stream, tok/s | 1 stream | 8 streams |\n|---|---|---|")
     for kind, label in (("greedy", "greedy (reference)"), ("chain", "temperature 0.7, top_p 0.9: llama.cpp chain"), ("ours", "temperature 0.7, top_p 0.9: Sampler")):

@@ -75,6 +75,7 @@ class SamplingParams(msgspec.Struct, frozen=True):
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), OpenAI's logit_bias
+    logprobs: int | None = None  # None: none; k >= 0: each sampled token's log-probability and the k likeliest tokens'
 
 
 class GenerationRequest(msgspec.Struct, frozen=True):
@@ -86,6 +87,23 @@ class GenerationRequest(msgspec.Struct, frozen=True):
     messages: tuple[ChatMessage, ...] | None = None
     prompt_tokens: tuple[int, ...] | None = None
     background: bool = False  # batch work (job stages, background priority): its steps may be cut short for interactive work
+
+
+class TopLogprob(msgspec.Struct, frozen=True):
+    """One candidate token and its log-probability under the model (before sampling settings)."""
+
+    token: str  # its text; a piece of a character spread over several tokens reads as U+FFFD
+    bytes: tuple[int, ...]  # its exact UTF-8 bytes
+    logprob: float
+
+
+class TokenLogprob(msgspec.Struct, frozen=True):
+    """A sampled token's log-probability, and the likeliest tokens at that position when asked for."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
 
 
 class GenerationChunk(msgspec.Struct):
@@ -101,6 +119,7 @@ class GenerationChunk(msgspec.Struct):
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0  # prompt tokens reused from the KV cache (prefix reuse)
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per entry of token_ids, when the request asked for them
 
 
 class EmbeddingResult(msgspec.Struct):

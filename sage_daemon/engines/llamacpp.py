@@ -22,7 +22,7 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 import numpy as np
@@ -44,9 +44,14 @@ from .base import (
     NullGate,
     SamplingParams,
     StepGate,
+    TokenLogprob,
+    TopLogprob,
 )
 from .batch_scheduler import BatchScheduler, KvCopy, KvOp, KvTrim, Sequence
 from .text_stream import StopStringMatcher, Utf8StreamDecoder
+
+if TYPE_CHECKING:
+    from .llamacpp_sampling import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +135,7 @@ class _Stream:
     decoder: Utf8StreamDecoder = field(default_factory=Utf8StreamDecoder)
     stop: StopStringMatcher = field(init=False)
     unsent_token_ids: list[int] = field(default_factory=list)
+    unsent_logprobs: list[TokenLogprob] = field(default_factory=list)  # aligned with unsent_token_ids when asked for
     completion_tokens: int = 0
     finished: bool = False  # loop side: the final chunk was produced
     delivered_final: bool = False  # trio side: the final chunk reached the channel
@@ -140,6 +146,7 @@ class _Stream:
 
     def chunk(self, text: str, finish_reason: FinishReason | None = None, error: str | None = None) -> GenerationChunk:
         ids, self.unsent_token_ids = tuple(self.unsent_token_ids), []
+        logprobs, self.unsent_logprobs = tuple(self.unsent_logprobs), []
         return GenerationChunk(
             text=text,
             token_ids=ids,
@@ -148,6 +155,7 @@ class _Stream:
             completion_tokens=self.completion_tokens,
             cached_prompt_tokens=self.seq.n_cached,
             error=error,
+            logprobs=logprobs,
         )
 
 
@@ -286,6 +294,15 @@ class _Model:
 
 
 MAX_ABORTS_IN_A_ROW = 3  # background steps cut short in a row before one runs regardless
+
+
+def _token_logprob(model: _Model, sampler: Sampler, token: int) -> TokenLogprob:
+    def text_and_bytes(token_id: int) -> tuple[str, tuple[int, ...]]:
+        piece = model.piece(token_id)
+        return piece.decode("utf-8", errors="replace"), tuple(piece)
+
+    logprob, top = sampler.logprobs_of(token)
+    return TokenLogprob(*text_and_bytes(token), logprob, tuple(TopLogprob(*text_and_bytes(i), lp) for i, lp in top))
 
 
 def _check_sampling(model: _Model, sampling: SamplingParams) -> None:
@@ -735,6 +752,8 @@ class LlamaCppEngine:
         stream.completion_tokens += 1
         self._generation_tokens_total += 1
         stream.unsent_token_ids.append(token)
+        if stream.sampling.logprobs is not None:
+            stream.unsent_logprobs.append(_token_logprob(model, stream.sampler, token))  # type: ignore[arg-type]
         text = stream.decoder.feed(model.piece(token))
         emit, hit_stop = stream.stop.feed(text) if text else ("", False)
         if hit_stop:

@@ -38,6 +38,9 @@ class Sampler:
         self._seen: list[int] = []
         self._seen_ids = np.zeros(0, dtype=np.int64)
         self._rng = random.Random(params.seed if params.seed is not None else random.getrandbits(32)) if params.temperature > 0.0 else None
+        # logprobs: the row's log-softmax, taken before any sampling setting changes the row
+        # (what vLLM returns by default: the model's own distribution).
+        self._logprobs = np.empty(n_vocab, dtype=np.float32) if params.logprobs is not None else None
 
     def sample(self, ctx: llama_cpp.llama_context_p, batch_index: int) -> int:
         """Sample from the logits of output `batch_index` of the last decode."""
@@ -47,9 +50,33 @@ class Sampler:
         ctypes.memmove(self._row_address, logits, self._row_bytes)
         return self.pick(self._row)
 
+    def _log_softmax(self, row: np.ndarray) -> None:
+        assert self._logprobs is not None
+        out = self._logprobs
+        np.subtract(row, row.max(), out=out)
+        out -= np.float32(np.log(np.exp(out).sum(dtype=np.float64)))
+
+    def logprobs_of(self, token: int) -> tuple[float, list[tuple[int, float]]]:
+        """After `pick()` (or `sample()`): the token's log-probability, and the `logprobs` likeliest (id, log-probability), best first."""
+        assert self._logprobs is not None and self._params.logprobs is not None
+        out, k = self._logprobs, min(self._params.logprobs, len(self._logprobs))
+        top: list[tuple[int, float]] = []
+        if k > 0:
+            # Only tokens near the top can be among the k likeliest: sort those, not the vocabulary
+            # (argpartition over 49,152 tokens costs ~0.5 ms a token); any band is exact once it holds k.
+            for width in (8.0, 16.0, 32.0, np.inf):
+                ids = np.flatnonzero(out >= -width)
+                if len(ids) >= k:
+                    break
+            ids = ids[np.argsort(-out[ids], kind="stable")[:k]]
+            top = [(int(i), float(out[i])) for i in ids]
+        return float(out[token]), top
+
     def pick(self, row: np.ndarray) -> int:
         """Pick from one row of float32 logits (changed in place), and count the token."""
         p = self._params
+        if self._logprobs is not None:
+            self._log_softmax(row)
         if self._bias_ids is not None:
             row[self._bias_ids] += self._bias
         if self._suppressed is not None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import httpx
 import msgspec
 
+from sage_daemon.core.errors import InvalidRequestError
 from sage_daemon.engines.base import (
     EmbeddingResult,
     EngineError,
@@ -331,6 +332,8 @@ class RemoteOpenAIEngine:
         Cancelling the consumer (or closing this generator) leaves the `async with` below, which
         closes the HTTP response: the remote sees the disconnect and stops generating.
         """
+        if request.sampling.logprobs is not None:
+            raise InvalidRequestError(f"logprobs are not passed through from the {self.backend} server of model {self.name!r}: ask without logprobs", param="logprobs")
         client = self._require_client()
         body: dict[str, Any] = {"model": self.remote_model, "stream": True, "stream_options": {"include_usage": True}}
         body.update(sampling_body(request.sampling))

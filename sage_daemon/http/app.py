@@ -30,12 +30,12 @@ from sage_client._version import __version__
 from sage_daemon.control.api import ControlPlaneAPI, InvalidRequestError, ModelInfo, Priority, RequestKind, RequestMeta
 from sage_daemon.core.logging import log
 from sage_daemon.core.metrics import Metrics
-from sage_daemon.engines.base import ChatMessage, GenerationChunk, GenerationRequest, SamplingParams
+from sage_daemon.engines.base import ChatMessage, GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
 from sage_daemon.http import schemas as s
 from sage_daemon.http.choices import Choices, open_choices
 from sage_daemon.http.errors import ApiError, bad_request, from_decode, from_exception, from_validation, unsupported
 from sage_daemon.http.openapi import openapi_document
-from sage_daemon.http.sse import ChatStream, CompletionStream, public_finish_reason
+from sage_daemon.http.sse import ChatStream, CompletionStream, chat_logprobs, completion_logprobs, public_finish_reason
 from sage_daemon.services import Services
 
 logger = logging.getLogger("sage.http")
@@ -141,15 +141,11 @@ def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
 
 
 def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
-    """OpenAI's logit_bias ({"token id": bias}) as (id, bias) pairs; the engine checks the ids against its vocabulary."""
+    """OpenAI's logit_bias ({"token id": bias}, keys checked by the schema) as (id, bias) pairs;
+    "7" and "007" are one token (the last one given counts). The engine checks the ids against its vocabulary."""
     if not bias:
         return ()
-    pairs: dict[int, float] = {}
-    for key, value in bias.items():
-        if not (key.isascii() and key.isdigit()):
-            raise bad_request(f"logit_bias keys are token ids (non-negative integers as strings); got {key!r}", param="logit_bias")
-        pairs[int(key)] = value
-    return tuple(pairs.items())
+    return tuple({int(key): value for key, value in bias.items()}.items())
 
 
 def _chat_messages(messages: list[s.ChatMessageIn]) -> tuple[ChatMessage, ...]:
@@ -361,7 +357,8 @@ def create_app(services: Services) -> QuartTrio:
             if first is not None and (first[1].error or first[1].finish_reason == "error"):
                 raise ApiError(503, f"the engine failed: {first[1].error or 'unknown error'}", code="engine_error")
             encoder_cls = ChatStream if kind == "chat" else CompletionStream
-            encoder = encoder_cls(id=rid, model=model, created=created, n=len(requests), include_usage=include_usage, prompt_of=prompt_of)
+            want_logprobs = requests[0].sampling.logprobs is not None
+            encoder = encoder_cls(id=rid, model=model, created=created, n=len(requests), include_usage=include_usage, prompt_of=prompt_of, logprobs=want_logprobs)
             if stream:
                 handed_over = True
                 return Response(
@@ -371,6 +368,7 @@ def create_app(services: Services) -> QuartTrio:
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
             texts = [""] * len(requests)
+            logprobs: list[list[TokenLogprob]] = [[] for _ in requests]
             reasons: list[str | None] = [None] * len(requests)
             item = first
             while item is not None:
@@ -379,6 +377,7 @@ def create_app(services: Services) -> QuartTrio:
                     raise ApiError(503, f"the engine failed: {chunk.error or 'unknown error'}", code="engine_error")
                 encoder._count(index, chunk)
                 texts[index] += chunk.text
+                logprobs[index] += chunk.logprobs
                 if chunk.finish_reason is not None:
                     reasons[index] = public_finish_reason(chunk.finish_reason)
                 try:
@@ -392,11 +391,21 @@ def create_app(services: Services) -> QuartTrio:
             if kind == "chat":
                 body: Any = s.ChatCompletion(
                     rid, created, model,
-                    [s.ChatChoice(i, s.ChatMessageOut("assistant", texts[i]), reasons[i] or "stop") for i in range(len(requests))],
+                    [
+                        s.ChatChoice(i, s.ChatMessageOut("assistant", texts[i]), reasons[i] or "stop", chat_logprobs(logprobs[i]) if want_logprobs else None)
+                        for i in range(len(requests))
+                    ],
                     usage,
                 )
             else:
-                body = s.Completion(rid, created, model, [s.CompletionChoice(i, texts[i], reasons[i] or "stop") for i in range(len(requests))], usage)
+                body = s.Completion(
+                    rid, created, model,
+                    [
+                        s.CompletionChoice(i, texts[i], reasons[i] or "stop", completion_logprobs(logprobs[i]) if want_logprobs else None)
+                        for i in range(len(requests))
+                    ],
+                    usage,
+                )
             return json_response(body)
         finally:
             if not handed_over:
@@ -436,7 +445,7 @@ def create_app(services: Services) -> QuartTrio:
                 await choices.aclose()
             lifecycle_cm.__exit__(None, None, None)
 
-    def sampling(req: s.ChatCompletionRequest | s.CompletionRequest, max_tokens: int) -> SamplingParams:
+    def sampling(req: s.ChatCompletionRequest | s.CompletionRequest, max_tokens: int, logprobs: int | None = None) -> SamplingParams:
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -449,6 +458,7 @@ def create_app(services: Services) -> QuartTrio:
             stop=_stop(req.stop),
             ignore_eos=bool(req.ignore_eos),
             logit_bias=_logit_bias(req.logit_bias),
+            logprobs=logprobs,
         )
 
     def metas_for(meta: RequestMeta, count: int) -> list[RequestMeta]:
@@ -464,8 +474,8 @@ def create_app(services: Services) -> QuartTrio:
     async def chat_completions() -> Response:
         req: s.ChatCompletionRequest = await decode(s.ChatCompletionRequest)
         refuse_common(req)
-        if req.logprobs or req.top_logprobs is not None:
-            raise unsupported("logprobs", "logprobs" if req.logprobs else "top_logprobs")
+        if req.top_logprobs is not None and not req.logprobs:
+            raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
         if req.tools or req.functions:
             raise unsupported("tool calling (tools, functions)", "tools" if req.tools else "functions")
         if req.tool_choice not in (None, "none"):
@@ -476,7 +486,7 @@ def create_app(services: Services) -> QuartTrio:
         meta = request_meta(req.metadata)
         max_tokens = req.max_completion_tokens or req.max_tokens or CHAT_DEFAULT_MAX_TOKENS
         n = req.n or 1
-        params = sampling(req, max_tokens)
+        params = sampling(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
         requests = [
             GenerationRequest(request_id=m.request_id, sampling=params, messages=messages)
             for m in metas_for(meta, n)
@@ -495,8 +505,6 @@ def create_app(services: Services) -> QuartTrio:
             raise unsupported("echo", "echo")
         if req.suffix:
             raise unsupported("suffix", "suffix")
-        if req.logprobs is not None:
-            raise unsupported("logprobs", "logprobs")
         if req.best_of is not None and req.best_of != (req.n or 1):
             raise unsupported("best_of other than n", "best_of")
         prompts = _completion_prompts(req.prompt)
@@ -504,7 +512,7 @@ def create_app(services: Services) -> QuartTrio:
         n = req.n or 1
         if len(prompts) * n > 64:
             raise bad_request(f"at most 64 choices per request (prompts x n); this one asks for {len(prompts) * n}", param="n")
-        params = sampling(req, req.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS)
+        params = sampling(req, req.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS, req.logprobs)
         metas = metas_for(meta, len(prompts) * n)
         requests, prompt_of = [], []
         for p_index, prompt in enumerate(prompts):

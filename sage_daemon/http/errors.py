@@ -60,7 +60,7 @@ def unsupported(what: str, param: str) -> ApiError:
     return ApiError(400, f"{what} is not supported by this server", code="unsupported_parameter", param=param)
 
 
-_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_AT = re.compile(r" - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$")
 
 
 def from_validation(exc: msgspec.ValidationError) -> ApiError:
@@ -72,7 +72,8 @@ def from_validation(exc: msgspec.ValidationError) -> ApiError:
         text = text[: match.start()]
         # msgspec writes a dict's value as `[...]` (metadata, logit_bias): the field is what a client can act on.
         param = match.group("path").replace("[...]", "").lstrip(".") or None
-        text = f"{text} at {param}" if param else text
+        if param:
+            text = f"{text} for a key of {param}" if match.group("key") else f"{text} at {param}"
     if text.startswith("Expected `object`") and param is None:
         text = "the request body must be a JSON object: " + text
     return ApiError(400, f"invalid request: {text}", code="invalid_request", param=param)

@@ -19,6 +19,8 @@ Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 LogitBias = Annotated[float, Meta(ge=-100.0, le=100.0)]
+TokenIdKey = Annotated[str, Meta(pattern="^[0-9]+$", max_length=12)]  # a token id as a JSON object key
+TopLogprobs = Annotated[int, Meta(ge=0, le=20)]  # OpenAI's range for chat (its legacy completions stop at 5), vLLM's max_logprobs
 MaxTokens = Annotated[int, Meta(ge=1, le=1_048_576)]
 ChoicesN = Annotated[int, Meta(ge=1, le=16, description="Choices to generate; each runs as its own sequence.")]
 Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
@@ -84,7 +86,7 @@ class _SamplingFields(Struct, kw_only=True):
     stream_options: StreamOptions | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
-    logit_bias: dict[str, LogitBias] | None = None  # token id (a decimal string) -> bias added to its logit
+    logit_bias: dict[TokenIdKey, LogitBias] | None = None  # token id -> bias added to its logit
     # vLLM's sampling extensions.
     top_k: Annotated[int, Meta(ge=0)] | None = None
     min_p: TopP | None = None
@@ -96,9 +98,9 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
     messages: Annotated[list[ChatMessageIn], Meta(min_length=1)]
     max_completion_tokens: MaxTokens | None = None
     response_format: ResponseFormat | None = None
-    # Known but not supported: refused by name when set.
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: TopLogprobs | None = None  # needs logprobs: true
+    # Known but not supported: refused by name when set.
     tools: list[Any] | None = None
     tool_choice: Any | None = None
     functions: list[Any] | None = None
@@ -109,11 +111,29 @@ class ChatMessageOut(Struct):
     content: str
 
 
+class LogprobTop(Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class LogprobContent(Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[LogprobTop]
+
+
+class ChatLogprobs(Struct):
+    content: list[LogprobContent] | None
+    refusal: None = None
+
+
 class ChatChoice(Struct):
     index: int
     message: ChatMessageOut
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(Struct):
@@ -135,7 +155,7 @@ class ChatChunkChoice(Struct):
     index: int
     delta: ChatDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(Struct):
@@ -156,18 +176,25 @@ PromptItem = Annotated[str, Meta(max_length=4_000_000)] | TokenId | list[TokenId
 class CompletionRequest(_SamplingFields, kw_only=True):
     model: ModelName
     prompt: Annotated[str, Meta(max_length=4_000_000)] | Annotated[list[PromptItem], Meta(min_length=1, max_length=64)]
+    logprobs: TopLogprobs | None = None  # the sampled token's and this many likeliest tokens' log-probabilities
     # Known but not supported.
     echo: bool | None = None
     suffix: str | None = None
     best_of: int | None = None
-    logprobs: int | None = None
+
+
+class CompletionLogprobs(Struct):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
 
 
 class CompletionChoice(Struct):
     index: int
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(Struct):

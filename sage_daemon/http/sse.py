@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import msgspec
 
-from sage_daemon.engines.base import GenerationChunk
+from sage_daemon.engines.base import GenerationChunk, TokenLogprob
 from sage_daemon.http.schemas import (
     ChatChunkChoice,
     ChatCompletionChunk,
     ChatDelta,
+    ChatLogprobs,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     ErrorResponse,
+    LogprobContent,
+    LogprobTop,
     Usage,
 )
 
@@ -39,13 +43,40 @@ def public_finish_reason(reason: str | None) -> str | None:
     return "stop"
 
 
+def chat_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> ChatLogprobs:
+    """A chat choice's `logprobs` object for these tokens."""
+    return ChatLogprobs([
+        LogprobContent(e.token, e.logprob, list(e.bytes), [LogprobTop(t.token, t.logprob, list(t.bytes)) for t in e.top])
+        for e in entries
+    ])
+
+
+def completion_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob], text_offset: int = 0) -> CompletionLogprobs:
+    """A completion choice's `logprobs` (the legacy shape): each top dict also holds the sampled
+    token, as OpenAI's does; offsets count characters from `text_offset`."""
+    offsets = []
+    for e in entries:
+        offsets.append(text_offset)
+        text_offset += len(e.token)
+    return CompletionLogprobs(
+        [e.token for e in entries],
+        [e.logprob for e in entries],
+        [{**{t.token: t.logprob for t in e.top}, e.token: e.logprob} for e in entries],
+        offsets,
+    )
+
+
 class _Stream:
     """Counts tokens per choice and knows which choices have finished."""
 
-    def __init__(self, *, id: str, model: str, created: int, n: int = 1, include_usage: bool = False, prompt_of: list[int] | None = None):  # noqa: A002
+    def __init__(
+        self, *, id: str, model: str, created: int, n: int = 1, include_usage: bool = False, prompt_of: list[int] | None = None, logprobs: bool = False  # noqa: A002
+    ):
         """`prompt_of[i]` is the prompt that choice i continues (default: all share one prompt),
-        so usage counts each prompt once, as OpenAI does for n > 1."""
+        so usage counts each prompt once, as OpenAI does for n > 1. `logprobs`: the request asked
+        for them (each content event carries its tokens')."""
         self.prompt_of = prompt_of if prompt_of is not None else [0] * n
+        self.logprobs = logprobs
         self.id = id
         self.model = model
         self.created = created
@@ -111,7 +142,8 @@ class ChatStream(_Stream):
         out = b"" if self.started[index] else self.start()
         self._count(index, chunk)
         if chunk.text:
-            out += self._chunk([ChatChunkChoice(index, ChatDelta(content=chunk.text))])
+            logprobs = chat_logprobs(chunk.logprobs) if self.logprobs else None
+            out += self._chunk([ChatChunkChoice(index, ChatDelta(content=chunk.text), logprobs=logprobs)])
         if chunk.finish_reason is not None:
             self.finished[index] = True
             out += self._chunk([ChatChunkChoice(index, ChatDelta(), public_finish_reason(chunk.finish_reason))])
@@ -131,8 +163,16 @@ class ChatStream(_Stream):
 class CompletionStream(_Stream):
     """`text_completion` events (the legacy completions stream) for `n` choices."""
 
-    def _chunk(self, index: int, text: str, finish_reason: str | None) -> bytes:
-        return event(Completion(self.id, self.created, self.model, [CompletionChoice(index, text, finish_reason)]))
+    def __init__(self, **kwargs: object):
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.text_offsets = [0] * self.n  # characters of each choice's text so far (logprobs' text_offset)
+
+    def _chunk(self, index: int, chunk: GenerationChunk, finish_reason: str | None) -> bytes:
+        logprobs = None
+        if self.logprobs:
+            logprobs = completion_logprobs(chunk.logprobs, self.text_offsets[index])
+            self.text_offsets[index] += sum(len(e.token) for e in chunk.logprobs)
+        return event(Completion(self.id, self.created, self.model, [CompletionChoice(index, chunk.text, finish_reason, logprobs)]))
 
     def start(self) -> bytes:
         return b""
@@ -144,9 +184,9 @@ class CompletionStream(_Stream):
         out = b""
         if chunk.finish_reason is not None:
             self.finished[index] = True
-            out += self._chunk(index, chunk.text, public_finish_reason(chunk.finish_reason))
+            out += self._chunk(index, chunk, public_finish_reason(chunk.finish_reason))
         elif chunk.text:
-            out += self._chunk(index, chunk.text, None)
+            out += self._chunk(index, chunk, None)
         return out
 
     def end(self) -> bytes:

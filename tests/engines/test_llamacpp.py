@@ -335,6 +335,20 @@ async def test_logit_bias_bans_and_forces_tokens_and_out_of_vocabulary_ids_are_r
     assert info.value.param == "logit_bias" and "10000000" in str(info.value)
 
 
+async def test_logprobs_come_with_each_token(engine: LlamaCppEngine) -> None:
+    sampling = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=3)
+    chunks = await collect(engine, GenerationRequest(request_id="lp", prompt=FRANCE, sampling=sampling))
+    entries = [e for c in chunks for e in c.logprobs]
+    assert all(len(c.logprobs) == len(c.token_ids) for c in chunks)
+    assert len(entries) == 8 == chunks[-1].completion_tokens
+    assert bytes(b for e in entries for b in e.bytes).decode() == text_of(chunks)
+    for e in entries:  # greedy: the sampled token is the likeliest one
+        assert len(e.top) == 3 and e.top[0].token == e.token and e.top[0].logprob == e.logprob
+        assert e.logprob <= 0.0 and e.top[0].logprob >= e.top[1].logprob >= e.top[2].logprob
+    plain = await collect(engine, GenerationRequest(request_id="lq", prompt=FRANCE, sampling=msgspec.structs.replace(sampling, logprobs=None)))
+    assert all(c.logprobs == () for c in plain) and text_of(plain) == text_of(chunks)
+
+
 async def test_streamed_text_never_splits_a_utf8_character(engine: LlamaCppEngine) -> None:
     messages = (ChatMessage("system", SYSTEM), ChatMessage("user", "Translate 'good morning' into Chinese."))
     chunks = await collect(engine, GenerationRequest(request_id="zh", messages=messages, sampling=SamplingParams(temperature=0, max_tokens=40)))

@@ -64,3 +64,29 @@ def test_a_banned_token_is_never_drawn_at_temperature_one() -> None:
     sampler = Sampler(SamplingParams(temperature=1.0, seed=3, logit_bias=((7, -100.0),)), 50)
     draws = {sampler.pick(logits.copy()) for _ in range(300)}
     assert 7 not in draws and len(draws) > 20
+
+
+def test_logprobs_are_the_raw_rows_log_softmax_whatever_the_sampling_settings() -> None:
+    logits = np.random.default_rng(2).standard_normal(1000).astype(np.float32) * 3
+    expected = logits.astype(np.float64) - np.log(np.exp(logits.astype(np.float64)).sum())
+    order = np.argsort(-expected)
+    sampler = Sampler(SamplingParams(temperature=0.8, top_k=5, seed=1, logit_bias=((int(order[-1]), 100.0),), logprobs=3), len(logits))
+    token = sampler.pick(logits.copy())
+    assert token == int(order[-1])  # the bias forced it: it changes the draw, not the reported distribution
+    logprob, top = sampler.logprobs_of(token)
+    assert abs(logprob - expected[token]) < 1e-4
+    assert [i for i, _ in top] == [int(i) for i in order[:3]]
+    assert all(abs(v - expected[i]) < 1e-4 for i, v in top)
+    assert Sampler(SamplingParams(temperature=0.0, logprobs=0), 3).pick(row(1.0, 2.0, 0.0)) == 1
+    none_top = Sampler(SamplingParams(temperature=0.0, logprobs=0), 3)
+    none_top.pick(row(1.0, 2.0, 0.0))
+    assert none_top.logprobs_of(1)[1] == []
+
+
+def test_top_logprobs_are_exact_for_flat_and_peaked_rows() -> None:
+    for logits in (np.zeros(5000, dtype=np.float32) + np.arange(5000, dtype=np.float32) * 1e-4,  # flat: every logprob ~ -8.5
+                   np.random.default_rng(3).standard_normal(5000).astype(np.float32) * 20):      # peaked
+        sampler = Sampler(SamplingParams(temperature=0.0, logprobs=20), len(logits))
+        token = sampler.pick(logits.copy())
+        _, top = sampler.logprobs_of(token)
+        assert [i for i, _ in top] == list(np.argsort(-logits.astype(np.float64), kind="stable")[:20])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import trio
 
+from sage_daemon.core.errors import InvalidRequestError
 from sage_daemon.core.ports import SagePorts
 from sage_daemon.engines.base import (
     ChatMessage,
@@ -120,6 +121,17 @@ async def test_logit_bias_reaches_the_remote_server(openai_child: ChildServer) -
         forced_sampling = msgspec.structs.replace(GREEDY, max_tokens=3, logit_bias=((banana, 100.0),))
         forced = "".join(c.text for c in await collect(engine, GenerationRequest("b1", forced_sampling, prompt="Once upon a time")))
         assert forced == vocab.detokenize([banana] * 3).decode()
+    finally:
+        await engine.unload()
+
+
+async def test_logprobs_are_refused_by_name(openai_child: ChildServer) -> None:
+    engine = RemoteOpenAIEngine(llm_spec(openai_child))
+    await engine.load()
+    try:
+        with pytest.raises(InvalidRequestError) as info:
+            await collect(engine, GenerationRequest("lp", msgspec.structs.replace(GREEDY, logprobs=2), prompt="Once upon a time"))
+        assert info.value.param == "logprobs" and "remote-smol" in info.value.message
     finally:
         await engine.unload()
 

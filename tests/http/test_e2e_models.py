@@ -84,10 +84,37 @@ def test_logit_bias_forces_a_token_and_bad_biases_are_400s(live: LiveDaemon) -> 
         assert forced.choices[0].message.content == vocab.detokenize([banana] * 3).decode()
         plain = client.chat.completions.create(model="smollm2", messages=FRANCE, max_tokens=3, temperature=0)
         assert "banana" not in plain.choices[0].message.content
-        for bias, fragment in (({"banana": 5}, "token ids"), ({"-3": 5}, "token ids"), ({"10000000": 5}, "[0, 49152)"), ({str(banana): 101}, "100")):
+        for bias, fragment in (({"banana": 5}, "for a key of logit_bias"), ({"-3": 5}, "for a key of logit_bias"), ({"10000000": 5}, "[0, 49152)"), ({str(banana): 101}, "100")):
             with pytest.raises(openai.BadRequestError) as bad:
                 client.completions.create(model="smollm2", prompt="Hello", max_tokens=2, logit_bias=bias)
             assert bad.value.body["param"] == "logit_bias" and fragment in bad.value.body["message"], bad.value.body
+
+
+async def test_logprobs_in_chat_and_completions_plain_and_streamed(live: LiveDaemon) -> None:
+    client = live.async_sdk()
+    try:
+        reply = await client.chat.completions.create(model="smollm2", messages=FRANCE, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2)
+        stream = await client.chat.completions.create(
+            model="smollm2", messages=FRANCE, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2, stream=True
+        )
+        streamed = [entry async for chunk in stream if chunk.choices and chunk.choices[0].logprobs for entry in chunk.choices[0].logprobs.content]
+        completion = await client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=6, temperature=0, logprobs=2)
+        without = await client.chat.completions.create(model="smollm2", messages=FRANCE, max_tokens=2, temperature=0)
+        with pytest.raises(openai.BadRequestError) as too_many:
+            await client.completions.create(model="smollm2", prompt="Hi", max_tokens=2, logprobs=21)
+    finally:
+        await client.close()
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    assert bytes(b for e in content for b in e.bytes).decode() == reply.choices[0].message.content
+    assert all(len(e.top_logprobs) == 2 and e.top_logprobs[0].token == e.token and e.logprob <= 0 for e in content)
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]  # greedy: the same tokens
+    legacy = completion.choices[0].logprobs
+    assert "".join(legacy.tokens) == completion.choices[0].text and len(legacy.tokens) == completion.usage.completion_tokens
+    assert legacy.text_offset == [sum(len(t) for t in legacy.tokens[:i]) for i in range(len(legacy.tokens))]
+    assert all(legacy.tokens[i] in top and 2 <= len(top) <= 3 for i, top in enumerate(legacy.top_logprobs))
+    assert without.choices[0].logprobs is None
+    assert too_many.value.body["param"] == "logprobs"
 
 
 def test_chat_on_a_model_without_a_template_is_a_bad_request(live: LiveDaemon) -> None:
@@ -187,7 +214,7 @@ def test_error_classes_with_the_sdk(live: LiveDaemon) -> None:
         message = str(too_long.value)
         assert "4096" in message and re.search(r"\d{4,}", message), message
         with pytest.raises(openai.BadRequestError):
-            client.chat.completions.create(model="smollm2", messages=FRANCE, logprobs=True)
+            client.chat.completions.create(model="smollm2", messages=FRANCE, top_logprobs=3)  # needs logprobs=True
     with openai.OpenAI(base_url=live.url + "/v1", api_key="wrong", max_retries=0) as stranger, pytest.raises(openai.AuthenticationError):
         stranger.models.list()
 

@@ -44,6 +44,8 @@ def steer(body: Any, model: str) -> None:
     for key, limit in GENERATION_LIMITS.items():
         if isinstance(body.get(key), int) and not isinstance(body.get(key), bool):
             body[key] = max(1, min(body[key], limit))
+    if "top_logprobs" in body:  # a rule the schema cannot say: it needs logprobs: true
+        body["logprobs"] = True
     if "messages" in body or "prompt" in body:
         body.setdefault("max_tokens", 8)
         if isinstance(body.get("prompt"), list):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sage_daemon.engines.base import GenerationChunk
+from sage_daemon.engines.base import GenerationChunk, TokenLogprob, TopLogprob
 from sage_daemon.http.errors import ApiError
 from sage_daemon.http.sse import ChatStream, CompletionStream, event
 
@@ -89,3 +89,33 @@ def test_completion_stream_text_chunks_and_usage_per_prompt() -> None:
     assert [(c["choices"][0]["index"], c["choices"][0]["text"], c["choices"][0]["finish_reason"]) for c in got[:3]] == [(0, "a", None), (0, "b", "stop"), (1, "c", "length")]
     assert all(c["object"] == "text_completion" for c in got[:-1])
     assert got[3]["choices"] == [] and got[3]["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+
+
+def lp(token: str, logprob: float, *top: tuple[str, float]) -> TokenLogprob:
+    return TokenLogprob(token, tuple(token.encode()), logprob, tuple(TopLogprob(t, tuple(t.encode()), v) for t, v in top))
+
+
+def test_chat_stream_carries_each_content_event_s_logprobs_when_asked() -> None:
+    stream = ChatStream(id="c", model="m", created=1, logprobs=True)
+    out = stream.feed(0, GenerationChunk(text="Hi", token_ids=(1,), logprobs=(lp("Hi", -0.1, ("Hi", -0.1), ("Yo", -2.5)),)))
+    out += stream.feed(0, GenerationChunk(text=" there", token_ids=(2,), finish_reason="stop", logprobs=(lp(" there", -0.7),)))
+    chunks = events(out + stream.end())[:-1]
+    assert chunks[0]["choices"][0]["logprobs"] is None  # the role event
+    assert chunks[1]["choices"][0]["logprobs"] == {
+        "content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": [
+            {"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}, {"token": "Yo", "logprob": -2.5, "bytes": [89, 111]}]}],
+        "refusal": None,
+    }
+    assert chunks[2]["choices"][0]["logprobs"]["content"][0]["token"] == " there"
+    assert chunks[3]["choices"][0]["finish_reason"] == "stop" and chunks[3]["choices"][0]["logprobs"] is None
+    plain = ChatStream(id="c", model="m", created=1)  # not asked: null even if the engine sent some
+    assert events(plain.feed(0, GenerationChunk(text="Hi", logprobs=(lp("Hi", -0.1),))))[1]["choices"][0]["logprobs"] is None
+
+
+def test_completion_stream_logprobs_count_text_offsets_across_events() -> None:
+    stream = CompletionStream(id="c", model="m", created=1, logprobs=True)
+    out = stream.feed(0, GenerationChunk(text="ab", logprobs=(lp("a", -1.0, ("b", -0.5)), lp("b", -0.2))))
+    out += stream.feed(0, GenerationChunk(text="cd", finish_reason="length", logprobs=(lp("cd", -0.3),)))
+    first, second = (c["choices"][0]["logprobs"] for c in events(out))
+    assert first == {"tokens": ["a", "b"], "token_logprobs": [-1.0, -0.2], "top_logprobs": [{"b": -0.5, "a": -1.0}, {"b": -0.2}], "text_offset": [0, 1]}
+    assert second == {"tokens": ["cd"], "token_logprobs": [-0.3], "top_logprobs": [{"cd": -0.3}], "text_offset": [2]}
