@@ -15,7 +15,6 @@ from typing import Any, Literal
 import httpx
 import msgspec
 
-from sage_daemon.core.errors import InvalidRequestError
 from sage_daemon.engines.base import (
     EmbeddingResult,
     EngineError,
@@ -26,6 +25,8 @@ from sage_daemon.engines.base import (
     GenerationChunk,
     GenerationRequest,
     SamplingParams,
+    TokenLogprob,
+    TopLogprob,
 )
 
 
@@ -103,6 +104,36 @@ class SSEDecoder:
 _FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "eos": "stop", "abort": "cancelled"}
 
 
+def _token_logprobs(value: Any, top_logprobs: int) -> tuple[TokenLogprob, ...]:
+    """A stream event's `logprobs`, in the chat shape ({"content": [...]}) or the legacy
+    completions one ({"tokens", "token_logprobs", "top_logprobs"}), as TokenLogprobs."""
+    if not isinstance(value, dict):
+        return ()
+
+    def token_bytes(entry: dict[str, Any]) -> tuple[int, ...]:
+        raw = entry.get("bytes")
+        return tuple(raw) if isinstance(raw, list) else tuple(str(entry.get("token", "")).encode())
+
+    if isinstance(value.get("content"), list):
+        return tuple(
+            TokenLogprob(
+                str(e.get("token", "")), token_bytes(e), float(e.get("logprob") or 0.0),
+                tuple(TopLogprob(str(t.get("token", "")), token_bytes(t), float(t.get("logprob") or 0.0)) for t in (e.get("top_logprobs") or ())[:top_logprobs]),
+            )
+            for e in value["content"]
+            if isinstance(e, dict)
+        )
+    tokens, logprobs, tops = value.get("tokens") or [], value.get("token_logprobs") or [], value.get("top_logprobs") or []
+    out = []
+    for i, token in enumerate(tokens):
+        top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        out.append(TokenLogprob(
+            str(token), tuple(str(token).encode()), float(logprobs[i] if i < len(logprobs) and logprobs[i] is not None else 0.0),
+            tuple(TopLogprob(str(t), tuple(str(t).encode()), float(v)) for t, v in sorted(top.items(), key=lambda item: -item[1])[:top_logprobs]),
+        ))
+    return tuple(out)
+
+
 class OpenAIStreamAssembler:
     """Turns the payloads of an OpenAI completion / chat stream into GenerationChunks.
 
@@ -110,7 +141,8 @@ class OpenAIStreamAssembler:
     later one; ours carries both on the last chunk, so the finish is held until usage or [DONE].
     """
 
-    def __init__(self) -> None:
+    def __init__(self, top_logprobs: int = 0) -> None:
+        self.top_logprobs = top_logprobs  # alternatives kept per token (a legacy top dict also holds the sampled one)
         self.finish_reason: FinishReason | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -134,8 +166,9 @@ class OpenAIStreamAssembler:
             text = choice.get("text")
             if text is None:
                 text = (choice.get("delta") or {}).get("content") or ""
-            if text:
-                out.append(GenerationChunk(text=text))
+            logprobs = _token_logprobs(choice.get("logprobs"), self.top_logprobs)
+            if text or logprobs:
+                out.append(GenerationChunk(text=text, logprobs=logprobs))
             reason = choice.get("finish_reason")
             if reason:
                 self.finish_reason = _FINISH_REASONS.get(reason, "stop")
@@ -332,20 +365,23 @@ class RemoteOpenAIEngine:
         Cancelling the consumer (or closing this generator) leaves the `async with` below, which
         closes the HTTP response: the remote sees the disconnect and stops generating.
         """
-        if request.sampling.logprobs is not None:
-            raise InvalidRequestError(f"logprobs are not passed through from the {self.backend} server of model {self.name!r}: ask without logprobs", param="logprobs")
         client = self._require_client()
         body: dict[str, Any] = {"model": self.remote_model, "stream": True, "stream_options": {"include_usage": True}}
         body.update(sampling_body(request.sampling))
+        logprobs = request.sampling.logprobs
         if request.messages is not None:
             path = "/chat/completions"
             body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            if logprobs is not None:
+                body.update(logprobs=True, top_logprobs=logprobs)
         else:
             path = "/completions"
             body["prompt"] = request.prompt if request.prompt is not None else list(request.prompt_tokens or ())
+            if logprobs is not None:
+                body["logprobs"] = logprobs
         self._in_flight += 1
         self._requests_total += 1
-        assembler = OpenAIStreamAssembler()
+        assembler = OpenAIStreamAssembler(top_logprobs=logprobs or 0)
         try:
             async with client.stream("POST", self.api_url + path, json=body) as response:
                 if response.status_code >= 400:

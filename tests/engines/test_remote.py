@@ -3,12 +3,13 @@ I/O-free SSE decoding."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import numpy as np
 import pytest
 import trio
 
-from sage_daemon.core.errors import InvalidRequestError
 from sage_daemon.core.ports import SagePorts
 from sage_daemon.engines.base import (
     ChatMessage,
@@ -19,6 +20,8 @@ from sage_daemon.engines.base import (
     GenerationRequest,
     LLMEngine,
     SamplingParams,
+    TokenLogprob,
+    TopLogprob,
 )
 from sage_daemon.engines.remote import (
     OpenAIStreamAssembler,
@@ -60,6 +63,22 @@ def test_assembler_holds_the_finish_until_usage() -> None:
     assert [c.text for c in chunks] == ["Hel", "lo", ""]
     assert chunks[-1].finish_reason == "stop"
     assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens, chunks[-1].cached_prompt_tokens) == (5, 2, 3)
+
+
+def test_assembler_reads_logprobs_in_both_shapes() -> None:
+    chat = OpenAIStreamAssembler(top_logprobs=1).feed(_event(
+        '{"choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":{"content":[{"token":"Hi","logprob":-0.5,"bytes":[72,105],'
+        '"top_logprobs":[{"token":"Hi","logprob":-0.5,"bytes":[72,105]},{"token":"Yo","logprob":-1.5,"bytes":[89,111]}]}]}}]}'
+    ))
+    assert chat == [GenerationChunk(text="Hi", logprobs=(TokenLogprob("Hi", (72, 105), -0.5, (TopLogprob("Hi", (72, 105), -0.5),)),))]
+    legacy = OpenAIStreamAssembler(top_logprobs=2).feed(_event(
+        '{"choices":[{"index":0,"text":"ab","logprobs":{"tokens":["a","b"],"token_logprobs":[-3.0,-0.1],'
+        '"top_logprobs":[{"x":-0.2,"y":-0.9,"a":-3.0},{"b":-0.1}],"text_offset":[0,1]}}]}'
+    ))
+    entries = legacy[0].logprobs
+    assert [(e.token, e.logprob) for e in entries] == [("a", -3.0), ("b", -0.1)]
+    assert [t.token for t in entries[0].top] == ["x", "y"] and entries[1].top == (TopLogprob("b", (98,), -0.1),)
+    assert OpenAIStreamAssembler().feed(_event('{"choices":[{"index":0,"text":"c","logprobs":null}]}')) == [GenerationChunk(text="c")]
 
 
 def test_assembler_raises_typed_errors() -> None:
@@ -125,15 +144,24 @@ async def test_logit_bias_reaches_the_remote_server(openai_child: ChildServer) -
         await engine.unload()
 
 
-async def test_logprobs_are_refused_by_name(openai_child: ChildServer) -> None:
-    engine = RemoteOpenAIEngine(llm_spec(openai_child))
+async def test_logprobs_come_through_a_remote_sage_daemon(live: Any) -> None:
+    """The session's live daemon as the remote: real logprobs, in the chat and the legacy shape."""
+    from tests.conftest import FRANCE, KEY
+
+    engine = RemoteOpenAIEngine(RemoteSpec(name="via-sage", kind="llm", base_url=live.url + "/v1", remote_model="smollm2", api_key=KEY))
     await engine.load()
     try:
-        with pytest.raises(InvalidRequestError) as info:
-            await collect(engine, GenerationRequest("lp", msgspec.structs.replace(GREEDY, logprobs=2), prompt="Once upon a time"))
-        assert info.value.param == "logprobs" and "remote-smol" in info.value.message
+        sampling = msgspec.structs.replace(GREEDY, max_tokens=5, logprobs=2)
+        chat = await collect(engine, GenerationRequest("lp-chat", sampling, messages=tuple(ChatMessage(m["role"], m["content"]) for m in FRANCE)))
+        plain = await collect(engine, GenerationRequest("lp-text", sampling, prompt="The capital of France is"))
     finally:
         await engine.unload()
+    for chunks in (chat, plain):
+        entries = [e for c in chunks for e in c.logprobs]
+        assert len(entries) == chunks[-1].completion_tokens == 5
+        assert bytes(b for e in entries for b in e.bytes).decode() == "".join(c.text for c in chunks)
+        assert all(len(e.top) == 2 and e.top[0].logprob >= e.top[1].logprob and e.logprob <= 0 for e in entries)
+        assert all(e.top[0].token == e.token for e in entries)  # greedy: the sampled token is the likeliest
 
 
 async def test_chat_streams_deltas(openai_child: ChildServer) -> None:
