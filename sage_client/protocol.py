@@ -10,7 +10,7 @@ framing is tested alone and driven by both the trio server and the blocking clie
 from __future__ import annotations
 
 import struct
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 
@@ -68,7 +68,8 @@ Message = Hello | Welcome | Request | Reply | Item | End | Error
 
 
 class ErrorCode:
-    """Typed error codes. Clients branch on these, never on message text."""
+    """Typed error codes. Clients branch on these, never on message text. The daemon's typed
+    errors (`sage_daemon.core.errors`) each name the one they are sent as."""
 
     BAD_FRAME: Final = "bad_frame"
     FRAME_TOO_LARGE: Final = "frame_too_large"
@@ -77,10 +78,27 @@ class ErrorCode:
     INVALID_PARAMS: Final = "invalid_params"
     PERMISSION_DENIED: Final = "permission_denied"
     NOT_FOUND: Final = "not_found"
+    MODEL_NOT_FOUND: Final = "model_not_found"
+    INVALID_STATE: Final = "invalid_state"
+    QUEUE_FULL: Final = "queue_full"
+    DEADLINE_EXCEEDED: Final = "deadline_exceeded"
     UNAVAILABLE: Final = "unavailable"
-    OVERLOADED: Final = "overloaded"
     SHUTTING_DOWN: Final = "shutting_down"
     INTERNAL: Final = "internal"
+
+
+# ----------------------------------------------------------------------------- shared names
+# One spelling for the names that sagectl, the RPC handlers and the daemon all use.
+
+PolicyName = Literal["fifo", "priority", "slo", "hybrid"]
+POLICY_NAMES: Final[tuple[str, ...]] = get_args(PolicyName)
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+JOB_STATES: Final[tuple[str, ...]] = get_args(JobState)
+TERMINAL_JOB_STATES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+
+ModelKind = Literal["llm", "embedding"]
+RequestKind = Literal["chat", "completion", "embedding"]
 
 
 class ProtocolError(Exception):
@@ -238,7 +256,7 @@ class ModelRow(msgspec.Struct):
     """A configured model as `sagectl models` / `ps` show it (mirrors the daemon's ModelInfo)."""
 
     id: str
-    kind: str
+    kind: ModelKind
     backend: str
     state: str
     owned_by: str = "sage"
@@ -333,7 +351,7 @@ class JobLogsParams(msgspec.Struct, forbid_unknown_fields=True):
 class JobSummary(msgspec.Struct):
     id: int
     name: str
-    state: str  # queued | running | succeeded | failed | cancelled | interrupted
+    state: JobState
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None

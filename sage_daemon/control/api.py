@@ -10,9 +10,11 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import AsyncIterator
-from typing import Literal, Protocol
+from typing import Protocol
 
 import msgspec
+
+from sage_client.protocol import RequestKind
 
 from sage_daemon.core.errors import (
     ControlPlaneError,
@@ -26,12 +28,11 @@ from sage_daemon.core.errors import (
 from sage_daemon.engines.base import EmbeddingResult, GenerationChunk, GenerationRequest, ModelInfo
 
 __all__ = [
-    "ControlPlaneAPI", "ControlPlaneError", "DeadlineExceededError", "EngineUnavailableError", "HealthReport",
+    "ControlPlaneAPI", "ControlPlaneError", "GenerationStreamAPI", "QueueSnapshot", "DeadlineExceededError", "EngineUnavailableError", "HealthReport",
     "InvalidRequestError", "ModelInfo", "ModelNotFoundError", "Priority", "QueueEntry", "QueueFullError",
     "RequestKind", "RequestMeta", "ShuttingDownError",
 ]
 
-RequestKind = Literal["chat", "completion", "embedding"]
 
 
 class Priority(enum.IntEnum):
@@ -91,28 +92,63 @@ class QueueEntry(msgspec.Struct):
     estimated_wait_s: float | None
 
 
+class GenerationStreamAPI(Protocol):
+    """A generation handed to a door: iterate it for chunks (the first `__anext__` waits for
+    admission); `aclose()` leaves the queue or frees the slot at once and is idempotent."""
+
+    request_id: str
+
+    def __aiter__(self) -> GenerationStreamAPI: ...
+
+    async def __anext__(self) -> GenerationChunk: ...
+
+    async def aclose(self) -> None: ...
+
+
+class QueueSnapshot(msgspec.Struct):
+    """The queue as `sagectl queue` shows it: the policy, the waiting requests, and the admitted
+    generations per LLM model."""
+
+    policy: str
+    entries: list[QueueEntry]
+    running: dict[str, int]
+
+
 class ControlPlaneAPI(Protocol):
-    """The surface the doors call. Typed errors (ControlPlaneError subclasses) come out of every
-    method before any output is produced, except DeadlineExceededError and EngineUnavailableError,
-    which can also end a generation stream that was already admitted."""
+    """The surface the doors (HTTP routes, RPC handlers, job stages) call; they call nothing else
+    of the plane. Typed errors (ControlPlaneError subclasses) come out of every method before any
+    output is produced, except DeadlineExceededError and EngineUnavailableError, which can also
+    end a generation stream that was already admitted."""
 
     def list_models(self) -> list[ModelInfo]: ...
 
     def get_model(self, name: str) -> ModelInfo:
         """Raises ModelNotFoundError naming the configured models."""
 
-    async def generate(self, model: str, kind: RequestKind, request: GenerationRequest, meta: RequestMeta) -> AsyncIterator[GenerationChunk]:
-        """Validate (model exists and is an LLM, chat template present for chat, context fits),
-        enqueue (QueueFullError with retry_after_s when the queue is at its bound), wait for
-        admission by the policy, then stream chunks. Must be called as
-        `stream = await plane.generate(...)`; iterating `stream` yields GenerationChunk; closing
-        it (or cancelling the consumer) leaves the queue or frees the slot at once."""
+    async def load(self, name: str) -> ModelInfo:
+        """Load a model now (it stays for its keep-alive); EngineUnavailableError if it cannot."""
 
-    async def embed(self, model: str, inputs: list[str] | list[list[int]], meta: RequestMeta) -> EmbeddingResult:
-        """Batched with other embedding requests to the same model by the policy."""
+    async def unload(self, name: str) -> ModelInfo:
+        """Unload a model now; its in-flight requests end first."""
 
-    def tokenize(self, model: str, text: str) -> list[int]: ...
+    async def generate(self, model: str, kind: RequestKind, request: GenerationRequest, meta: RequestMeta) -> GenerationStreamAPI:
+        """Validate (model exists and is an LLM, chat template present for chat, context fits,
+        sampling values fit the model), enqueue (QueueFullError with retry_after_s when the
+        queue is at its bound) and hand back the stream; iterating it waits for admission by the
+        policy, then yields chunks. Iterate it inside `aclosing`."""
+
+    async def embed(self, model: str, inputs: list[str] | list[list[int]], meta: RequestMeta, dimensions: int | None = None) -> EmbeddingResult:
+        """Batched with other embedding requests to the same model by the policy. `dimensions`:
+        vectors cut to that size (InvalidRequestError unless the model supports it)."""
 
     def health(self) -> HealthReport: ...
 
     def queue(self) -> list[QueueEntry]: ...
+
+    def queue_snapshot(self) -> QueueSnapshot: ...
+
+    @property
+    def policy_name(self) -> str: ...
+
+    def set_policy(self, name: str) -> str:
+        """Switch the scheduling policy; returns the previous one. InvalidRequestError for an unknown name."""

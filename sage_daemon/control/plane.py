@@ -28,6 +28,7 @@ from sage_daemon.control.api import (
     ModelInfo,
     QueueEntry,
     QueueFullError,
+    QueueSnapshot,
     RequestKind,
     RequestMeta,
     ShuttingDownError,
@@ -355,6 +356,19 @@ class ControlPlane:
 
     def list_models(self) -> list[ModelInfo]:
         return self.pool.infos()
+
+    async def load(self, name: str) -> ModelInfo:
+        return await self.pool.load(name)
+
+    async def unload(self, name: str) -> ModelInfo:
+        return await self.pool.unload(name)
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy.name
+
+    def queue_snapshot(self) -> QueueSnapshot:
+        return QueueSnapshot(self.policy.name, self.queue(), {m: n for m, n in self.running.items() if n})
 
     def get_model(self, name: str) -> ModelInfo:
         return self.pool.info(name)

@@ -48,11 +48,15 @@ class HttpConfig(_Section):
     api_key_file: str = ""
     public_health: bool = True
     cors_origins: list[str] = []
+    backlog: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 2048
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
+    keep_alive_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
 
 
 class RpcConfig(_Section):
     socket: str = ""
     group: str = ""
+    group_role: Literal["user", "admin"] = "user"
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024 * 1024)] = 16 * 1024 * 1024
 
 
@@ -155,6 +159,8 @@ class JobsConfig(_Section):
     ray_daemon_url: str = ""
     max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     channel_capacity: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 8
+    allowed_roots: list[str] = []
+    allowed_function_modules: list[str] = []
 
 
 class Config(_Section):

@@ -8,11 +8,26 @@ to trio through memory channels; no method here blocks the trio thread.
 from __future__ import annotations
 
 import enum
-import threading
 from collections.abc import AsyncIterator
 from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
+
+# The client-facing errors engines raise live in core (the doors translate them); re-exported here.
+from sage_daemon.core.errors import (
+    ChatTemplateMissingError,
+    ContextOverflowError,
+    EngineError,
+    InvalidRequestError,
+    InvalidSamplingError,
+)
+
+__all__ = [
+    "ChatMessage", "ChatTemplateMissingError", "ContextOverflowError", "EmbeddingEngine", "EmbeddingResult", "Engine",
+    "EngineError", "EngineHealth", "EngineState", "EngineStats", "FinishReason", "GenerationChunk", "GenerationRequest",
+    "InvalidRequestError", "InvalidSamplingError", "LLMEngine", "ModelInfo", "NullGate", "SamplingParams", "StepGate",
+    "TokenLogprob", "TopLogprob",
+]
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -23,37 +38,6 @@ class EngineState(str, enum.Enum):
     READY = "ready"
     DRAINING = "draining"
     ERROR = "error"
-
-
-class EngineError(Exception):
-    """An engine could not serve a request (dead thread or child, load failure): a 503-class error."""
-
-
-class ContextOverflowError(ValueError):
-    """prompt + max_tokens does not fit the slot's context: a client's 400, with the numbers."""
-
-    def __init__(self, prompt_tokens: int, max_tokens: int, n_ctx: int):
-        self.prompt_tokens = prompt_tokens
-        self.max_tokens = max_tokens
-        self.n_ctx = n_ctx
-        super().__init__(
-            f"this model's context per sequence is {n_ctx} tokens, but the request needs "
-            f"{prompt_tokens + max_tokens} ({prompt_tokens} in the prompt + {max_tokens} to generate); "
-            "shorten the prompt or lower max_tokens"
-        )
-
-
-class InvalidSamplingError(ValueError):
-    """A sampling setting this model cannot take (a logit_bias token outside its vocabulary): a
-    client's 400 that names the request field."""
-
-    def __init__(self, message: str, param: str):
-        super().__init__(message)
-        self.param = param
-
-
-class ChatTemplateMissingError(ValueError):
-    """A chat request to a model with no chat template and no configured chat_format: a client's 400."""
 
 
 class ChatMessage(msgspec.Struct, frozen=True):
@@ -176,24 +160,10 @@ class NullGate:
         return None
 
 
-class ThreadGate:
-    """A plain lock as a gate: engines take turns step by step."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def acquire(self, background: bool = False) -> None:
-        self._lock.acquire()
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def yield_to_interactive(self) -> None:
-        return None  # knows no priorities
-
-
 @runtime_checkable
 class Engine(Protocol):
+    """What the pool calls on every engine. Nothing here blocks the trio thread."""
+
     name: str
     kind: Literal["llm", "embedding"]
     backend: str
@@ -211,23 +181,47 @@ class Engine(Protocol):
 
 @runtime_checkable
 class LLMEngine(Engine, Protocol):
+    """What the control plane calls on a language model: `prepare` once, then `generate`.
+
+    `tokenize` and `prepare` are blocking (a tokenizer, a chat template): callers on the trio
+    thread run them with `trio.to_thread.run_sync`.
+    """
+
     n_ctx: int  # context per sequence
-    parallel: int  # sequences decoded together
+    parallel: int  # sequences decoded together: the plane admits at most this many
+
+    def prepare(self, request: GenerationRequest) -> GenerationRequest:
+        """Validate and normalise a request before it queues: render the chat template and
+        tokenize where the engine can (prompt_tokens set), check it fits the context and that
+        its sampling values fit the model. Raises InvalidRequestError (ContextOverflowError,
+        ChatTemplateMissingError, InvalidSamplingError) for the client's mistakes and
+        EngineError when the engine cannot serve. Blocking."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream a generation. Cancelling the consuming task frees the slot at once."""
+        """Stream a generation of a request that went through `prepare`. Cancelling the
+        consuming task (or closing the iterator) frees the slot at once."""
 
-    def tokenize(self, text: str) -> list[int]: ...
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` (with the model's special prefix tokens). Blocking."""
 
     def has_chat_template(self) -> bool: ...
 
 
 @runtime_checkable
 class EmbeddingEngine(Engine, Protocol):
-    dimensions: int
-    max_seq_length: int
+    """What the control plane calls on an embedding model. Inputs come as batches the plane formed."""
 
-    async def embed(self, texts: list[str]) -> EmbeddingResult: ...
+    dimensions: int  # native vector size
+    max_seq_length: int  # tokens per input; longer inputs are cut (and counted as truncated); 0 = unknown
+    supports_dimensions: bool  # vectors can be cut to a smaller `dimensions` (Matryoshka models)
+    accepts_token_ids: bool  # embed_tokens works
+
+    async def embed(self, texts: list[str], dimensions: int | None = None, background: bool = False) -> EmbeddingResult:
+        """One vector per text. `background`: the batch may yield the cores to interactive work.
+        An input the model cannot take raises InvalidRequestError; a dead engine EngineError."""
+
+    async def embed_tokens(self, token_lists: list[list[int]], dimensions: int | None = None, background: bool = False) -> EmbeddingResult:
+        """As `embed`, for inputs given as token ids (only when `accepts_token_ids`)."""
 
 
 class ModelInfo(msgspec.Struct):
