@@ -83,6 +83,7 @@ setup(
             "pytest-trio>=0.8",
             "openai>=1.40",
             "hypothesis>=6",
+            "mypy>=1.10",
             "langchain-text-splitters>=0.3",
             "faiss-cpu>=1.8",
             "rank-bm25>=0.2.2",

@@ -269,6 +269,8 @@ class ModelRow(msgspec.Struct):
     n_ctx: int = 0
     dimensions: int = 0
     chat_template: bool = False
+    failures: int = 0
+    restart_in_s: float | None = None
 
 
 class ModelsResult(msgspec.Struct):

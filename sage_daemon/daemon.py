@@ -15,6 +15,7 @@ import signal
 import socket
 from contextlib import ExitStack
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -25,6 +26,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from sage_client import protocol as p
 from sage_client._version import __version__
 from sage_client.protocol import NodeInfo
+from sage_daemon.control.api import ServedControlPlane
 from sage_daemon.control.gate import CpuGate
 from sage_daemon.control.plane import ControlPlane
 from sage_daemon.core.activation import ActivationError, take_activated_sockets
@@ -118,9 +120,22 @@ def build_control_plane(config: Config, node: NodeInfo, paths: Paths, metrics: M
     return ControlPlane(pool, config.control, metrics=metrics, gate=gate)
 
 
+PlaneFactory = Callable[[Config, NodeInfo, Paths, Metrics], ServedControlPlane]
+
+
 class Daemon:
-    def __init__(self, loaded: LoadedConfig, config_file: str | None = None, overrides: list[tuple[str, Any, str]] = ()):  # type: ignore[assignment]
+    """The composition root. `plane_factory` builds the control plane the doors and jobs call
+    (the real one by default; tests hand in a fake through this seam)."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        config_file: str | None = None,
+        overrides: list[tuple[str, Any, str]] | tuple[()] = (),
+        plane_factory: PlaneFactory = build_control_plane,
+    ):
         self.loaded = loaded
+        self.plane_factory = plane_factory
         self.config_file = config_file
         self.overrides = list(overrides)
         self.lifecycle = Lifecycle()
@@ -155,7 +170,8 @@ class Daemon:
             host, port = http_sock.getsockname()[:2]
             node = await trio.to_thread.run_sync(detect_node, config.nodes)
             metrics = Metrics()
-            control = build_control_plane(config, node, self.paths, metrics)
+            control = self.plane_factory(config, node, self.paths, metrics)
+            self.control = control
             services = Services(
                 loaded=self.loaded,
                 paths=self.paths,
@@ -186,8 +202,7 @@ class Daemon:
 
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(control.pool.run)
-                    await nursery.start(control.run)
+                    await nursery.start(control.serve)
                     await nursery.start(services.jobs.run)
                     await nursery.start(self._serve_http, create_app(services), hyper)
                     rpc_scope = trio.CancelScope()
@@ -205,12 +220,12 @@ class Daemon:
                         log(logger, logging.INFO, "stopping", signal=signal.Signals(signum).name)
                         break
                     await self._drain(rpc_scope)
-                    await control.pool.aclose()
+                    await control.aclose()
                     nursery.cancel_scope.cancel()
             log(logger, logging.INFO, "stopped")
             self.notifier.close()
 
-    async def _serve_http(self, app: Any, hyper: HypercornConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _serve_http(self, app: Any, hyper: HypercornConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         await hypercorn_serve(app, hyper, shutdown_trigger=self._http_shutdown.wait, task_status=task_status)
 
     async def _serve_rpc(self, rpc: RpcServer, sock: Any, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -220,7 +235,7 @@ class Daemon:
     async def _drain(self, rpc_scope: trio.CancelScope) -> None:
         grace = self.loaded.config.daemon.drain_grace_s
         self.lifecycle.state = "draining"
-        self.services.control.stop_accepting()
+        self.control.stop_accepting()
         self.notifier.stopping(f"draining {self.lifecycle.in_flight} requests")
         self._http_shutdown.set()  # hypercorn stops accepting and finishes open requests
         self._remove_socket()  # new RPC clients see "not running" instead of hanging
@@ -261,7 +276,7 @@ class Daemon:
             self.services.loaded = self.loaded
             set_level(self.loaded.config.daemon.log_level)
             if "control.policy" in live:
-                self.services.control.set_policy(self.loaded.config.control.policy)
+                self.control.set_policy(self.loaded.config.control.policy)
         self.lifecycle.notes = [f"config reload: {key} changed and needs a restart" for key in restart]
         log(logger, logging.INFO, "config reloaded", applied=",".join(live) or "-", needs_restart=",".join(restart) or "-")
         self.notifier.notify("READY=1", "STATUS=serving (config reloaded)")

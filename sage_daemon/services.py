@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sage_client.protocol import NodeInfo
-from sage_daemon.control.plane import ControlPlane
-from sage_daemon.core.config import LoadedConfig
+from sage_daemon.control.api import ControlPlaneAPI
+from sage_daemon.core.config import Config, LoadedConfig
 from sage_daemon.core.lifecycle import Lifecycle
 from sage_daemon.core.metrics import Metrics
 from sage_daemon.core.paths import Paths
+
+if TYPE_CHECKING:
+    from sage_daemon.jobs.manager import JobManager
 
 
 @dataclass
@@ -19,12 +22,11 @@ class Services:
     paths: Paths
     node: NodeInfo
     lifecycle: Lifecycle
-    control: ControlPlane
+    control: ControlPlaneAPI  # the doors call only this surface of the control plane
     http_url: str = ""
     metrics: Metrics = field(default_factory=Metrics)  # the daemon's Prometheus registry (GET /metrics)
-    jobs: Any = None  # the JobManager (sage_daemon.jobs.manager), None until it runs
-    extras: dict[str, Any] = field(default_factory=dict)
+    jobs: JobManager | None = None  # None until the job manager runs
 
     @property
-    def config(self):  # noqa: ANN201 - the Config struct
+    def config(self) -> Config:
         return self.loaded.config

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 import msgspec
+import trio
 
 from sage_client.protocol import RequestKind
 
@@ -28,7 +29,7 @@ from sage_daemon.core.errors import (
 from sage_daemon.engines.base import EmbeddingResult, GenerationChunk, GenerationRequest, ModelInfo
 
 __all__ = [
-    "ControlPlaneAPI", "ControlPlaneError", "GenerationStreamAPI", "QueueSnapshot", "DeadlineExceededError", "EngineUnavailableError", "HealthReport",
+    "ControlPlaneAPI", "ControlPlaneError", "GenerationStreamAPI", "QueueSnapshot", "ServedControlPlane", "DeadlineExceededError", "EngineUnavailableError", "HealthReport",
     "InvalidRequestError", "ModelInfo", "ModelNotFoundError", "Priority", "QueueEntry", "QueueFullError",
     "RequestKind", "RequestMeta", "ShuttingDownError",
 ]
@@ -152,3 +153,17 @@ class ControlPlaneAPI(Protocol):
 
     def set_policy(self, name: str) -> str:
         """Switch the scheduling policy; returns the previous one. InvalidRequestError for an unknown name."""
+
+
+class ServedControlPlane(ControlPlaneAPI, Protocol):
+    """What the composition root runs: the doors' surface plus its lifetime. `Daemon` takes a
+    factory of these (tests hand it a fake through that seam)."""
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (engine supervision, dispatching)."""
+
+    def stop_accepting(self) -> None:
+        """Refuse new work with ShuttingDownError; fail what still waits; in-flight work drains."""
+
+    async def aclose(self) -> None:
+        """Free the engines. Called once, after the drain."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import msgspec
 import trio
@@ -38,10 +39,12 @@ from sage_daemon.control.policies import POLICIES, Admit, BatchLimits, Expire, P
 from sage_daemon.core.config import ControlConfig
 from sage_daemon.core.logging import log
 from sage_daemon.engines.base import (
+    EmbeddingEngine,
     EmbeddingResult,
     EngineError,
     GenerationChunk,
     GenerationRequest,
+    LLMEngine,
 )
 from sage_daemon.engines.pool import EnginePool
 
@@ -137,6 +140,19 @@ class ControlPlane:
         """Admitted interactive generations still waiting for a first token (the gate counts them)."""
         self.gate.set_interactive_pending(self.gate.interactive_pending + delta)
 
+    # ------------------------------------------------------------------ lifetime
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The pool's supervision (loads, keep-alive, restarts) and the dispatcher, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.pool.run)
+            await nursery.start(self.run)
+            task_status.started()
+
+    async def aclose(self) -> None:
+        """Unload every engine (after the drain)."""
+        await self.pool.aclose()
+
     # ------------------------------------------------------------------ dispatcher
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -165,7 +181,8 @@ class ControlPlane:
         for model in {t.model for t in self.waiting}:
             slot = self.pool.slot(model)
             if slot.config.kind == "llm":
-                parallel = getattr(slot.engine, "parallel", slot.config.parallel)
+                engine = cast("LLMEngine | None", slot.engine)
+                parallel = engine.parallel if engine is not None else slot.config.parallel
                 free[model] = max(0, parallel - self.running.get(model, 0))
             else:
                 running[model] = self.embedding_in_flight.get(model, 0)
@@ -178,15 +195,16 @@ class ControlPlane:
             self._leave_queue(ticket)
             self.running[ticket.model] = self.running.get(ticket.model, 0) + 1
             ticket.outcome = "admitted"
-            ticket.done.set()
+            cast(PlaneTicket, ticket).done.set()
         elif isinstance(decision, Expire):
             ticket = decision.ticket
             self._leave_queue(ticket)
             waited = trio.current_time() - ticket.enqueued_at
+            deadline_ms = (ticket.meta.deadline_s or 0.0) * 1000
             ticket.outcome = DeadlineExceededError(
-                f"request {ticket.id} waited {waited * 1000:.0f} ms in the {ticket.model} queue, past its deadline of {ticket.meta.deadline_s * 1000:.0f} ms"  # type: ignore[operator]
+                f"request {ticket.id} waited {waited * 1000:.0f} ms in the {ticket.model} queue, past its deadline of {deadline_ms:.0f} ms"
             )
-            ticket.done.set()
+            cast(PlaneTicket, ticket).done.set()
         else:
             for ticket in decision.tickets:
                 self._leave_queue(ticket)
@@ -196,7 +214,7 @@ class ControlPlane:
 
     def _leave_queue(self, ticket: Ticket) -> None:
         if ticket in self.waiting:
-            self.waiting.remove(ticket)  # type: ignore[arg-type]
+            self.waiting.remove(ticket)
             self.metrics.on_dequeued(ticket.model, ticket.kind)
 
     # ------------------------------------------------------------------ queueing
@@ -240,27 +258,41 @@ class ControlPlane:
         self.drain_rates.setdefault(model, DrainRate()).record(trio.current_time())
         self._poke()
 
+    def _generation_done(self, model: str) -> None:
+        """An admitted generation ended (its stream closed): its slot is free for the policy."""
+        self.running[model] -= 1
+        self._finished(model)
+
+    def _generation_withdrawn(self, ticket: PlaneTicket) -> None:
+        """A generation left before admission (its caller closed the stream while it waited)."""
+        if ticket in self.waiting:
+            self._leave_queue(ticket)
+            self._poke()
+
     # ------------------------------------------------------------------ requests
 
-    def _llm_slot(self, model: str) -> None:
+    def _require_kind(self, model: str, kind: str) -> None:
         slot = self.pool.slot(model)
-        if slot.config.kind != "llm":
-            raise InvalidRequestError(f"model {model!r} is an embedding model: use /v1/embeddings", param="model")
+        if slot.config.kind != kind:
+            if kind == "llm":
+                raise InvalidRequestError(f"model {model!r} is an embedding model: use /v1/embeddings", param="model")
+            raise InvalidRequestError(f"model {model!r} is not an embedding model", param="model")
 
     async def generate(self, model: str, kind: RequestKind, request: GenerationRequest, meta: RequestMeta) -> GenerationStream:
         """Validate, enqueue and hand back the stream; iterate it to wait for admission and get chunks."""
-        self._llm_slot(model)
+        self._require_kind(model, "llm")
         if not self.accepting:
             raise ShuttingDownError("the daemon is shutting down; retry once it is back")
         stack = AsyncExitStack()
         try:
-            engine = await stack.enter_async_context(self.pool.use(model, meta.keep_alive_s))
+            engine = cast(LLMEngine, await stack.enter_async_context(self.pool.use(model, meta.keep_alive_s)))
             try:
                 # Tokenizing and rendering the chat template are blocking work: off the trio thread.
-                prepared = await trio.to_thread.run_sync(engine.prepare, request) if hasattr(engine, "prepare") else request
-            except ValueError as exc:  # ContextOverflowError, ChatTemplateMissingError, bad token ids
-                param = getattr(exc, "param", None) or ("messages" if request.messages is not None else "prompt")
-                raise InvalidRequestError(str(exc), param=param) from None
+                prepared = await trio.to_thread.run_sync(engine.prepare, request)
+            except InvalidRequestError as exc:  # context overflow, no chat template, sampling values, token ids
+                if exc.param is None:
+                    exc.param = "messages" if request.messages is not None else "prompt"
+                raise
             tokens = len(prepared.prompt_tokens or ())
             if meta.background:
                 prepared = msgspec.structs.replace(prepared, background=True)
@@ -273,20 +305,18 @@ class ControlPlane:
 
     async def embed(self, model: str, inputs: list[str] | list[list[int]], meta: RequestMeta, dimensions: int | None = None) -> EmbeddingResult:
         """Embed texts (or token-id lists), batched with other requests to the same model."""
-        slot = self.pool.slot(model)
-        if slot.config.kind != "embedding":
-            raise InvalidRequestError(f"model {model!r} is not an embedding model", param="model")
+        self._require_kind(model, "embedding")
         if not inputs:
             raise InvalidRequestError("input must not be empty", param="input")
         as_tokens = isinstance(inputs[0], list)
-        async with self.pool.use(model, meta.keep_alive_s) as engine:
-            if as_tokens and not hasattr(engine, "embed_tokens"):
+        async with self.pool.use(model, meta.keep_alive_s) as used:
+            engine = cast(EmbeddingEngine, used)
+            if as_tokens and not engine.accepts_token_ids:
                 raise InvalidRequestError(f"model {model!r} does not take token ids as input; send text", param="input")
-            native = getattr(engine, "dimensions", 0)
-            if dimensions is not None and dimensions != native and not getattr(engine, "supports_dimensions", False):
-                raise InvalidRequestError(f"model {model!r} does not support the dimensions parameter (its vectors have {native})", param="dimensions")
+            if dimensions is not None and dimensions != engine.dimensions and not engine.supports_dimensions:
+                raise InvalidRequestError(f"model {model!r} does not support the dimensions parameter (its vectors have {engine.dimensions})", param="dimensions")
             # Token budget of the batch: exact for ids, a cheap estimate for text.
-            tokens = sum(len(i) for i in inputs) if as_tokens else sum(len(t) for t in inputs) // 4 + len(inputs)  # type: ignore[arg-type]
+            tokens = sum(len(i) for i in inputs) if as_tokens else sum(len(t) for t in inputs) // 4 + len(inputs)
             ticket = self._enqueue(model, "embedding", meta, size=len(inputs), tokens=tokens, payload=EmbeddingWork(list(inputs), as_tokens, dimensions))
             await self._wait_turn(ticket)
             result: EmbeddingResult = ticket.outcome
@@ -315,22 +345,27 @@ class ControlPlane:
                     self.metrics.on_finished(model, "embedding", "stop", outcome.prompt_tokens, 0, now - ticket.enqueued_at)
                 else:
                     self.metrics.on_finished(model, "embedding", "error", 0, 0, now - ticket.enqueued_at)
-                ticket.done.set()  # type: ignore[attr-defined]
+                cast(PlaneTicket, ticket).done.set()
                 self._finished(model)
 
     async def _embed_group(self, model: str, group: list[Ticket], as_tokens: bool, dimensions: int | None) -> None:
         inputs = [item for ticket in group for item in ticket.payload.inputs]
+        engine = cast("EmbeddingEngine | None", self.pool.slot(model).engine)
         try:
-            engine = self.pool.slot(model).engine
             if engine is None:
                 raise EngineError(f"model {model} was unloaded")
-            call = engine.embed_tokens if as_tokens else engine.embed  # type: ignore[attr-defined]
+            call = engine.embed_tokens if as_tokens else engine.embed
             # A batch of job-stage work only may be held back at the CPU gate for interactive chats.
             background = all(t.meta.background for t in group)
             result = await call(inputs, dimensions, background=background)
-        except ValueError as exc:  # the engine found the input wrong (token ids outside the vocabulary...)
+        except InvalidRequestError as exc:  # the engine found an input wrong (token ids outside the vocabulary...)
+            if len(group) > 1:
+                # One request's bad input must not fail the others batched with it: each goes again alone.
+                for ticket in group:
+                    await self._embed_group(model, [ticket], as_tokens, dimensions)
+                return
             for ticket in group:
-                ticket.outcome = InvalidRequestError(str(exc), param="input")
+                ticket.outcome = InvalidRequestError(exc.message, param=exc.param or "input")
             return
         except Exception as exc:
             log(logger, logging.ERROR, "embedding batch failed", model=model, inputs=len(inputs), error=str(exc))
@@ -338,7 +373,7 @@ class ControlPlane:
                 ticket.outcome = EngineUnavailableError(f"model {model!r} failed: {exc}")
             return
         counts = result.token_counts or apportion(result.prompt_tokens, [len(i) for i in inputs])
-        limit = getattr(engine, "max_seq_length", 0) or 1 << 30
+        limit = engine.max_seq_length or 1 << 30
         start = 0
         for ticket in group:
             end = start + ticket.size
@@ -372,10 +407,6 @@ class ControlPlane:
 
     def get_model(self, name: str) -> ModelInfo:
         return self.pool.info(name)
-
-    async def tokenize(self, model: str, text: str) -> list[int]:
-        async with self.pool.use(model) as engine:
-            return list(engine.tokenize(text))  # type: ignore[attr-defined]
 
     def health(self) -> HealthReport:
         reasons = self.pool.health_reasons()
@@ -416,12 +447,12 @@ class GenerationStream:
     """An admitted-or-waiting generation. Iterate for chunks; `aclose()` (or cancellation while
     iterating) leaves the queue or frees the slot at once. Iterate it inside `aclosing`."""
 
-    def __init__(self, plane: ControlPlane, ticket: PlaneTicket, engine: Any, stack: AsyncExitStack):
+    def __init__(self, plane: ControlPlane, ticket: PlaneTicket, engine: LLMEngine, stack: AsyncExitStack):
         self.plane = plane
         self.ticket = ticket
         self.engine = engine
         self._stack = stack
-        self._inner: Any = None
+        self._inner: AsyncIterator[GenerationChunk] | None = None
         self._admitted = False
         self._reported = False  # on_finished was called (exactly once per admitted stream)
         self._end_reason = "cancelled"  # what an end without a final chunk counts as
@@ -447,14 +478,11 @@ class GenerationStream:
                     self.plane._interactive_waiting(+1)
                 metrics.on_admitted(model, self.ticket.kind, trio.current_time() - self.ticket.enqueued_at)
                 self._inner = self.engine.generate(self.ticket.payload)
-            chunk: GenerationChunk = await self._inner.__anext__()
+            chunk = await self._inner.__anext__()
         except StopAsyncIteration:
             await self.aclose()
             raise
-        except ControlPlaneError:
-            await self.aclose()
-            raise
-        except EngineError as exc:
+        except EngineError as exc:  # the engine died or went away under this stream
             self._end_reason = "error"
             await self.aclose()
             raise EngineUnavailableError(f"model {model!r} failed: {exc}") from None
@@ -489,22 +517,17 @@ class GenerationStream:
         with trio.CancelScope(shield=True):
             try:
                 if self._inner is not None:
-                    await self._inner.aclose()
+                    await cast(Any, self._inner).aclose()  # an async generator: AsyncIterator has no aclose
             finally:
                 if self._admitted and not self._reported:
                     self._reported = True
                     self.plane.metrics.on_finished(
                         self.ticket.model, self.ticket.kind, self._end_reason, 0, 0, trio.current_time() - self._started
                     )
-                if self._admitted:
-                    self.plane.running[self.ticket.model] -= 1
-                    self.plane._finished(self.ticket.model)
-                elif self.ticket in self.plane.waiting:
-                    self.plane._leave_queue(self.ticket)
-                    self.plane._poke()
-                elif self.ticket.outcome == "admitted":  # admitted, but never iterated past the wait
-                    self.plane.running[self.ticket.model] -= 1
-                    self.plane._finished(self.ticket.model)
+                if self._admitted or self.ticket.outcome == "admitted":  # the latter: admitted, never iterated past the wait
+                    self.plane._generation_done(self.ticket.model)
+                else:
+                    self.plane._generation_withdrawn(self.ticket)
                 await self._stack.aclose()
 
     async def collect(self) -> tuple[str, GenerationChunk]:

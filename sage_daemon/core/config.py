@@ -35,12 +35,12 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     pass
 
 
-class DaemonConfig(_Section):
+class DaemonConfig(_Section, frozen=True):
     log_level: LogLevel = "info"
     drain_grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
 
 
-class HttpConfig(_Section):
+class HttpConfig(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Port = 8888
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
@@ -53,14 +53,14 @@ class HttpConfig(_Section):
     keep_alive_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
 
 
-class RpcConfig(_Section):
+class RpcConfig(_Section, frozen=True):
     socket: str = ""
     group: str = ""
     group_role: Literal["user", "admin"] = "user"
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024 * 1024)] = 16 * 1024 * 1024
 
 
-class PathsConfig(_Section):
+class PathsConfig(_Section, frozen=True):
     data_dir: str = ""
     state_dir: str = ""
     cache_dir: str = ""
@@ -68,7 +68,7 @@ class PathsConfig(_Section):
     runtime_dir: str = ""
 
 
-class NodesConfig(_Section):
+class NodesConfig(_Section, frozen=True):
     wsl2: Tristate = "auto"
     vllm: Tristate = "auto"
     pretend_gpus: Annotated[int, msgspec.Meta(ge=-1, le=64)] = -1
@@ -78,7 +78,7 @@ class NodesConfig(_Section):
 Backend = Literal["auto", "llamacpp", "vllm", "sentence-transformers", "remote"]
 
 
-class ModelSources(_Section):
+class ModelSources(_Section, frozen=True):
     """Where each backend finds the model. A source is a file or folder path,
     `package:MODULE/RESOURCE` (a file inside an installed package), `assemble:MODULE` (a package
     whose `assemble(path)` writes the file, done once into the data dir), a Hugging Face id
@@ -90,7 +90,7 @@ class ModelSources(_Section):
     remote: str = ""
 
 
-class ModelConfig(_Section):
+class ModelConfig(_Section, frozen=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
     kind: Literal["llm", "embedding"]
     backend: Backend = "auto"
@@ -129,7 +129,7 @@ DEFAULT_MODELS = [
 ]
 
 
-class EnginesConfig(_Section):
+class EnginesConfig(_Section, frozen=True):
     max_loaded_models: Annotated[int, msgspec.Meta(ge=1, le=64)] = 3
     memory_budget_gb: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     allow_vllm_on_wsl: bool = False
@@ -138,7 +138,7 @@ class EnginesConfig(_Section):
     restart_backoff_max_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
-class ControlConfig(_Section):
+class ControlConfig(_Section, frozen=True):
     policy: Literal["fifo", "priority", "slo", "hybrid"] = "hybrid"
     max_queue: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 512
     max_batch_texts: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 64
@@ -151,7 +151,7 @@ class ControlConfig(_Section):
     embedding_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
 
 
-class JobsConfig(_Section):
+class JobsConfig(_Section, frozen=True):
     backend: Literal["local", "ray"] = "local"
     ray_address: str = ""
     ray_num_cpus: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 0
@@ -163,7 +163,7 @@ class JobsConfig(_Section):
     allowed_function_modules: list[str] = []
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     daemon: DaemonConfig = DaemonConfig()
     http: HttpConfig = HttpConfig()
     rpc: RpcConfig = RpcConfig()

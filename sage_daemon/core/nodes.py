@@ -57,7 +57,7 @@ def is_wsl2_host(proc_version: Path = Path("/proc/version")) -> bool:
 
 def _gpus_from_nvml() -> list[GpuInfo] | None:
     try:
-        import pynvml  # type: ignore[import-not-found]  # from nvidia-ml-py
+        import pynvml  # from nvidia-ml-py
     except ImportError:
         return None
     try:

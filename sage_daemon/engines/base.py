@@ -241,3 +241,5 @@ class ModelInfo(msgspec.Struct):
     n_ctx: int = 0
     dimensions: int = 0
     chat_template: bool = False
+    failures: int = 0  # failed loads or engine deaths in a row
+    restart_in_s: float | None = None  # a failed model the pool restarts by itself: seconds until it tries

@@ -10,12 +10,12 @@ eviction of idle engines, restart with backoff when an engine dies.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import trio
 
@@ -23,7 +23,7 @@ from sage_client.protocol import NodeInfo
 from sage_daemon.core.config import Config, ModelConfig
 from sage_daemon.core.errors import EngineUnavailableError, ModelNotFoundError
 from sage_daemon.core.logging import log
-from sage_daemon.engines.base import Engine, EngineState, ModelInfo
+from sage_daemon.engines.base import EmbeddingEngine, Engine, EngineState, LLMEngine, ModelInfo
 
 logger = logging.getLogger("sage.pool")
 
@@ -129,10 +129,21 @@ class EnginePool:
     def info(self, name: str) -> ModelInfo:
         slot = self.slot(name)
         engine = slot.engine
-        stats = engine.stats() if engine is not None and slot.state == "ready" else None
+        ready = engine is not None and slot.state == "ready"
+        stats = engine.stats() if engine is not None and ready else None
+        now = trio.current_time()
         wall_until = None
-        if slot.keep_alive_until is not None and slot.state == "ready":
-            wall_until = time.time() + max(0.0, slot.keep_alive_until - trio.current_time())
+        if slot.keep_alive_until is not None and ready:
+            wall_until = time.time() + max(0.0, slot.keep_alive_until - now)
+        n_ctx, dimensions, chat_template = slot.config.n_ctx, 0, False
+        if engine is not None and slot.config.kind == "llm":
+            llm = cast(LLMEngine, engine)
+            n_ctx, chat_template = llm.n_ctx, ready and llm.has_chat_template()
+        elif engine is not None:
+            dimensions = cast(EmbeddingEngine, engine).dimensions
+        restart_in = None
+        if slot.state == "error" and slot.next_restart_at is not None and self.restarts(slot):
+            restart_in = round(max(0.0, slot.next_restart_at - now), 1)
         return ModelInfo(
             id=slot.config.name,
             kind=slot.config.kind,
@@ -144,9 +155,11 @@ class EnginePool:
             slots_busy=stats.slots_busy if stats else 0,
             slots_total=stats.slots_total if stats else (slot.config.parallel if slot.config.kind == "llm" else 0),
             keep_alive_until=wall_until,
-            n_ctx=getattr(engine, "n_ctx", slot.config.n_ctx) if engine else slot.config.n_ctx,
-            dimensions=getattr(engine, "dimensions", 0) if engine else 0,
-            chat_template=bool(engine.has_chat_template()) if engine is not None and slot.state == "ready" and hasattr(engine, "has_chat_template") else False,
+            n_ctx=n_ctx,
+            dimensions=dimensions,
+            chat_template=chat_template,
+            failures=slot.failures,
+            restart_in_s=restart_in,
         )
 
     def infos(self) -> list[ModelInfo]:
@@ -186,7 +199,7 @@ class EnginePool:
                 continue
             if slot.state == "error" and slot.next_restart_at is not None and trio.current_time() < slot.next_restart_at:
                 wait = slot.next_restart_at - trio.current_time()
-                raise EngineUnavailableError(f"model {name!r} failed: {slot.error}; next restart in {wait:.0f} s")
+                raise EngineUnavailableError(f"model {name!r} failed: {slot.error}; next restart in {wait:.0f} s", retry_after_s=wait)
             await self._load(slot)
 
     async def load(self, name: str) -> ModelInfo:
@@ -309,18 +322,23 @@ class EnginePool:
                 if slot.users == 0 and slot.keep_alive_until is not None and now >= slot.keep_alive_until and not slot.config.required:
                     await self.unload(name, reason="keep_alive expired")
             elif slot.state == "error" and slot.next_restart_at is not None and now >= slot.next_restart_at and slot.loading is None:
-                if slot.config.required or slot.failures and slot.error.startswith("engine died"):
+                if self.restarts(slot):
                     try:
                         await self.load(name)
                         log(logger, logging.INFO, "model restarted", model=name)
                     except EngineUnavailableError:
                         pass
 
+    @staticmethod
+    def restarts(slot: ModelSlot) -> bool:
+        """Whether the supervisor restarts this failed model by itself (required, or its engine died)."""
+        return slot.config.required or bool(slot.failures and slot.error.startswith("engine died"))
+
     def health_reasons(self) -> list[str]:
         reasons = []
         for slot in self.slots.values():
-            if slot.state == "error" and (slot.config.required or slot.error.startswith("engine died")):
-                reasons.append(f"model {slot.config.name}: {slot.error}")
+            if slot.state == "error" and self.restarts(slot):
+                reasons.append(f"model {slot.config.name}: {slot.error}")  # ModelInfo.restart_in_s says when it restarts
             elif slot.config.required and slot.state != "ready":
                 reasons.append(f"model {slot.config.name}: {slot.state}")
             elif slot.engine is not None and slot.state == "ready":
@@ -334,9 +352,3 @@ class EnginePool:
             for slot in self.loaded():
                 await self.unload(slot.config.name, reason="daemon stopping")
 
-
-def keep_alive_label(until: float | None) -> str:
-    if until is None:
-        return "-"
-    left = until - time.time()
-    return "now" if left <= 0 else f"{math.ceil(left)}s"

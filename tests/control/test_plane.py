@@ -21,8 +21,12 @@ NODE = NodeInfo("h", "cpu", 2, 8 * 2**30, 6 * 2**30, [], "none", False, False)
 
 
 class FakeLLM:
+    """An LLMEngine (engines/base.py) that yields numbered tokens slowly."""
+
+    name = "llm"
     kind = "llm"
     backend = "fake"
+    n_ctx = 512
 
     def __init__(self, parallel: int):
         self.parallel = parallel
@@ -39,6 +43,15 @@ class FakeLLM:
     def stats(self) -> EngineStats:
         return EngineStats(slots_total=self.parallel, slots_busy=self.live)
 
+    def prepare(self, request: GenerationRequest) -> GenerationRequest:
+        return request
+
+    def tokenize(self, text: str) -> list[int]:
+        return [len(w) for w in text.split()]
+
+    def has_chat_template(self) -> bool:
+        return True
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         self.requests.append(request)
         self.live += 1
@@ -53,10 +66,15 @@ class FakeLLM:
 
 
 class FakeEmbedder:
+    """An EmbeddingEngine (engines/base.py) whose vectors are [len(text), 1]."""
+
+    name = "emb"
     kind = "embedding"
     backend = "fake"
     max_seq_length = 128
     dimensions = 2
+    supports_dimensions = False
+    accepts_token_ids = False
 
     def __init__(self) -> None:
         self.batches: list[int] = []
@@ -74,6 +92,9 @@ class FakeEmbedder:
         self.batches.append(len(texts))
         await trio.sleep(0.05)
         return EmbeddingResult([[float(len(t)), 1.0] for t in texts], sum(len(t) for t in texts), dimensions=2, token_counts=[len(t) for t in texts])
+
+    async def embed_tokens(self, token_lists: list[list[int]], dimensions: int | None = None, background: bool = False) -> EmbeddingResult:
+        raise AssertionError("the plane checks accepts_token_ids first")
 
 
 async def make_plane(nursery: trio.Nursery, parallel: int = 2, **control: Any) -> tuple[ControlPlane, FakeLLM, FakeEmbedder]:
@@ -122,7 +143,8 @@ async def test_background_generations_reach_the_engine_marked_as_preemptible(nur
 
 async def test_full_queue_is_a_429_with_retry_after(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
     plane, _, _ = await make_plane(nursery, parallel=1, max_queue=2)
-    streams = [await plane.generate("llm", "completion", req(50), RequestMeta(f"r{i}")) for i in range(2)]
+    # prepare() runs on a worker thread: the first request is admitted meanwhile, the next two wait.
+    streams = [await plane.generate("llm", "completion", req(50), RequestMeta(f"r{i}")) for i in range(3)]
     with pytest.raises(QueueFullError) as info:
         await plane.generate("llm", "completion", req(), RequestMeta("overflow"))
     assert info.value.status == 429 and info.value.retry_after_s >= 1 and "max_queue 2" in info.value.message

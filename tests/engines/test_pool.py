@@ -50,8 +50,15 @@ def test_wsl2_can_be_allowed_and_embeddings_follow_the_gpu() -> None:
 
 
 class FakeEngine:
+    """An LLMEngine (engines/base.py) for lifecycle tests: it never generates."""
+
     kind = "llm"
     backend = "fake"
+    n_ctx = 512
+    parallel = 8
+
+    def has_chat_template(self) -> bool:
+        return True
 
     def __init__(self, name: str, log: list[str]):
         self.name = name
