@@ -91,6 +91,8 @@ class FakeEmbedder:
     async def embed(self, texts: list[str], dimensions: int | None = None, background: bool = False) -> EmbeddingResult:
         self.batches.append(len(texts))
         await trio.sleep(0.05)
+        if "BAD" in texts:  # an input the model refuses (as a tokenizer refuses ids outside its vocabulary)
+            raise InvalidRequestError("input 'BAD' cannot be embedded", param="input")
         return EmbeddingResult([[float(len(t)), 1.0] for t in texts], sum(len(t) for t in texts), dimensions=2, token_counts=[len(t) for t in texts])
 
     async def embed_tokens(self, token_lists: list[list[int]], dimensions: int | None = None, background: bool = False) -> EmbeddingResult:
@@ -190,6 +192,27 @@ async def test_concurrent_embeddings_are_served_in_batches(nursery: trio.Nursery
             inner.start_soon(one, i)
     assert sum(embedder.batches) == 32 and max(embedder.batches) > 1 and len(embedder.batches) < 32
     assert all(results[i].vectors == [[float(i), 1.0]] and results[i].prompt_tokens == i for i in results)
+
+
+async def test_one_bad_input_fails_its_own_request_not_the_batch(nursery: trio.Nursery) -> None:
+    plane, _, embedder = await make_plane(nursery, max_batch_wait_ms=20)
+    outcomes: dict[str, Any] = {}
+
+    async def one(name: str, texts: list[str]) -> None:
+        try:
+            outcomes[name] = await plane.embed("emb", texts, RequestMeta(name))
+        except InvalidRequestError as exc:
+            outcomes[name] = exc
+
+    async with trio.open_nursery() as inner:
+        for i in range(6):
+            inner.start_soon(one, f"good{i}", ["x" * (i + 1)])
+        inner.start_soon(one, "bad", ["ok", "BAD"])
+    assert max(embedder.batches) > 1  # the bad request was batched with others...
+    assert isinstance(outcomes["bad"], InvalidRequestError) and outcomes["bad"].param == "input"
+    for i in range(6):  # ...and they were served all the same
+        assert outcomes[f"good{i}"].vectors == [[float(i + 1), 1.0]]
+    assert plane.waiting == [] and plane.embedding_in_flight["emb"] == 0
 
 
 async def test_fifo_serves_embeddings_one_request_per_call(nursery: trio.Nursery) -> None:
