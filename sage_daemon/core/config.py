@@ -374,3 +374,54 @@ def effective_values(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
 def diff_keys(old: Config, new: Config) -> list[str]:
     before, after = _flatten(msgspec.to_builtins(old)), _flatten(msgspec.to_builtins(new))
     return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
+# ----------------------------------------------------------------------------- safe reloads
+
+
+def _has_api_keys(config: Config) -> bool:
+    return bool(config.http.api_keys or config.http.api_key_file)
+
+
+def _explicit(loaded: LoadedConfig, key: str) -> bool:
+    """`key` was written in a file, the environment or a flag (not left to the defaults)."""
+    source = loaded.sources.get(key)
+    return source is not None and not source.startswith("defaults")
+
+
+def reload_refusal(old: LoadedConfig, fresh: LoadedConfig) -> str | None:
+    """Why a SIGHUP reload from `old` to `fresh` must not be applied (one line naming what would
+    change and what to do), or None to apply it.
+
+    A config file caught empty or half-written (an editor's truncate-then-write, a full disk)
+    loads as the defaults: without this check a reload then silently drops every API key and
+    opens the HTTP door. Refused: a file read before that is now empty (no keys) or gone, when
+    that would change anything; and a reload that removes every API key unless the new config
+    says so itself (`api_keys = []` in a non-empty file, or `--set http.api_keys=[]` at start).
+    A file that does not parse never gets here: `load_config` raises ConfigError.
+    """
+    changed = diff_keys(old.config, fresh.config)
+    if not changed:
+        return None
+    shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+    for path in old.files:
+        if path not in fresh.files:
+            return (
+                f"config reload refused: {path} was read at start and is gone now; reloading without it would change {shown}. "
+                "Put the file back and send SIGHUP again, or restart the daemon to run without it"
+            )
+    for path in fresh.files:
+        if not any(source == path for source in fresh.sources.values()):
+            return (
+                f"config reload refused: {path} is empty (it sets no keys), so the reload would return {shown} to the defaults. "
+                "Fix the file and send SIGHUP again; to go back to the defaults on purpose, restart the daemon"
+            )
+    if _has_api_keys(old.config) and not _has_api_keys(fresh.config) and not (_explicit(fresh, "http.api_keys") or _explicit(fresh, "http.api_key_file")):
+        count = len(old.config.http.api_keys)
+        before = f"{count} key{'s' if count != 1 else ''}" + (f" and api_key_file {old.config.http.api_key_file}" if old.config.http.api_key_file else "")
+        where = fresh.files[-1] if fresh.files else "the config file"
+        return (
+            f"config reload refused: it would remove every API key (http.api_keys: {before} -> none) and open the HTTP door to anyone. "
+            f"To remove them on purpose write `api_keys = []` under [http] in {where} and send SIGHUP again, or restart with --set http.api_keys=[]"
+        )
+    return None

@@ -106,3 +106,39 @@ def test_diff_keys_lists_changed_values() -> None:
     old = c.Config()
     new = msgspec.structs.replace(old, http=msgspec.structs.replace(old.http, port=1), daemon=msgspec.structs.replace(old.daemon, log_level="debug"))
     assert c.diff_keys(old, new) == ["daemon.log_level", "http.port"]
+
+
+# ----------------------------------------------------------------------------- safe reloads
+
+
+def test_reload_refusal_keeps_api_keys_unless_the_file_says_so(clean_env: Path) -> None:
+    path = write(clean_env / "sage.toml", "[http]\napi_keys = ['sk-a', 'sk-b']\n")
+    old = c.load_config(path, environ={})
+
+    path.write_text("")  # truncated: loads as the defaults, which have no keys
+    refusal = c.reload_refusal(old, c.load_config(path, environ={}))
+    assert refusal is not None and f"{path} is empty" in refusal and "http.api_keys" in refusal
+
+    path.write_text("[daemon]\nlog_level = 'debug'\n")  # a real edit that forgot the keys
+    refusal = c.reload_refusal(old, c.load_config(path, environ={}))
+    assert refusal is not None and "remove every API key (http.api_keys: 2 keys -> none)" in refusal
+    assert "api_keys = []" in refusal and "--set http.api_keys=[]" in refusal
+
+    path.write_text("[daemon]\nlog_level = 'debug'\n[http]\napi_keys = []\n")  # said on purpose
+    assert c.reload_refusal(old, c.load_config(path, environ={})) is None
+    path.write_text("[http]\napi_keys = ['sk-c']\n")  # keys replaced, not removed
+    assert c.reload_refusal(old, c.load_config(path, environ={})) is None
+
+
+def test_reload_refusal_for_a_file_that_is_gone_and_not_for_no_change(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = write(clean_env / "xdg-config" / "sage" / "sage.toml", "[control]\npolicy = 'fifo'\n")
+    monkeypatch.setattr(c, "system_config_path", lambda: clean_env / "no-such-system.toml")
+    old = c.load_config(None, environ={})
+    assert c.reload_refusal(old, c.load_config(None, environ={})) is None  # nothing changed
+    user.unlink()
+    refusal = c.reload_refusal(old, c.load_config(None, environ={}))
+    assert refusal is not None and f"{user} was read at start and is gone now" in refusal and "control.policy" in refusal
+    # An empty file that changes nothing (the daemon started with it empty) is no reason to refuse.
+    user.write_text("")
+    empty = c.load_config(None, environ={})
+    assert c.reload_refusal(empty, c.load_config(None, environ={})) is None
