@@ -15,6 +15,7 @@ from typing import Any
 from sage_client import service
 from sage_client._version import __version__
 from sage_client.output import human_bytes, human_duration, key_values, print_json, table
+from sage_client.protocol import JOB_STATES, POLICY_NAMES, ErrorCode
 from sage_client.rpc import DaemonNotRunning, RpcCallError, RpcClient
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -212,9 +213,6 @@ def cmd_policy_set(client: RpcClient, args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- jobs and collections
 
-TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
-
-
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
@@ -232,7 +230,7 @@ def _read_pipeline(path: str) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             return {"toml": f.read(), "source_path": os.path.abspath(path)}
     except OSError as exc:
-        raise RpcCallError("invalid_params", f"cannot read {path}: {exc.strerror}") from None
+        raise RpcCallError(ErrorCode.INVALID_PARAMS, f"cannot read {path}: {exc.strerror}") from None
 
 
 def _job_exit(state: str) -> int:
@@ -491,8 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     policy = sub.add_parser("policy", parents=[common], help="the scheduling policy")
     policy_sub = policy.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
     policy_sub.add_parser("show", parents=[common], help="the active policy")
-    policy_set = policy_sub.add_parser("set", parents=[common], help="switch policy: fifo, priority, slo, hybrid")
-    policy_set.add_argument("name", choices=["fifo", "priority", "slo", "hybrid"])
+    policy_set = policy_sub.add_parser("set", parents=[common], help="switch policy: " + ", ".join(POLICY_NAMES))
+    policy_set.add_argument("name", choices=POLICY_NAMES)
     service.add_parser(sub, common)
     job = sub.add_parser("job", parents=[common], help="declarative dataflow jobs")
     job_sub = job.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
@@ -502,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     job_run = job_sub.add_parser("run", parents=[common], help="submit and follow with a progress bar per stage (Ctrl-C cancels)")
     job_run.add_argument("file")
     job_list = job_sub.add_parser("list", parents=[common], help="jobs, newest first")
-    job_list.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "interrupted"])
+    job_list.add_argument("--state", choices=JOB_STATES)
     job_list.add_argument("--limit", type=int, default=50)
     for name, help_text in (("show", "state, stages, progress and placement of a job"), ("cancel", "cancel a queued or running job")):
         job_sub.add_parser(name, parents=[common], help=help_text).add_argument("id", type=int)

@@ -49,10 +49,11 @@ class RunContext:
     results_path: str  # where a `collect` sink writes
     progress: list[StageProgress]
     on_item_error: Callable[[str, str, str], None] = lambda stage, key, message: None
-    log: Callable[[str], None] = lambda message: None
     channel_capacity: int = 8
     result_location: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Where the job may read and write files (a user peer's job: [jobs].allowed_roots); None:
+    # anywhere (an admin's job). Checked on each real path as it is opened.
+    allowed_roots: tuple[str, ...] | None = None
 
 
 def progress_for(plan: Plan) -> list[StageProgress]:
@@ -187,7 +188,7 @@ async def run_local(plan: Plan, ctx: RunContext) -> str:
 
     async def source(sends: list[trio.MemorySendChannel[list[Any]]]) -> None:
         split = router(0)
-        next_packet = ops.packets(ops.source_items(plan.stages[0].ops[0], ctx.base_dir))
+        next_packet = ops.packets(ops.source_items(plan.stages[0].ops[0], ctx.base_dir, ctx.allowed_roots))
         try:
             while packet := await to_thread(next_packet):
                 ctx.progress[0].items_in += len(packet)
@@ -228,7 +229,7 @@ async def run_local(plan: Plan, ctx: RunContext) -> str:
         model = ops.model_of_vectors(index, plan.stages)
         writer: ops.JsonlWriter | None = None
         if isinstance(op, s.ToJsonl):
-            writer = await to_thread(ops.JsonlWriter, ops.resolve_path(ctx.base_dir, op.path), op.exclude)
+            writer = await to_thread(ops.JsonlWriter, ops.sink_path(ctx.base_dir, op.path, ctx.allowed_roots), op.exclude)
             ctx.result_location = writer.path
         elif isinstance(op, s.Collect):
             writer = await to_thread(ops.JsonlWriter, ctx.results_path, op.exclude, op.limit)

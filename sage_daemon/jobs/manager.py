@@ -26,10 +26,11 @@ from sage_client import protocol as p
 from sage_daemon.control.api import Priority, RequestMeta
 from sage_daemon.control.plane import ControlPlane
 from sage_daemon.core.config import JobsConfig
-from sage_daemon.core.errors import ControlPlaneError, InvalidRequestError
+from sage_daemon.core.errors import ControlPlaneError, InvalidRequestError, InvalidStateError, NotFoundError, PermissionDeniedError
 from sage_daemon.core.logging import log
 from sage_daemon.engines.base import GenerationRequest
 from sage_daemon.jobs import spec as s
+from sage_daemon.jobs.access import Principal, daemon_principal, job_access, submit_refusal
 from sage_daemon.jobs.local import RunContext, StageProgress, first_cause, progress_for, run_local
 from sage_daemon.jobs.operators import ItemError
 from sage_daemon.jobs.planner import ModelFacts, Plan, compile_plan
@@ -41,12 +42,12 @@ logger = logging.getLogger("sage.jobs")
 FLUSH_INTERVAL_S = 0.5
 
 
-class JobNotFoundError(ControlPlaneError):
-    status, code, type = 404, "not_found", "invalid_request_error"
+class JobNotFoundError(NotFoundError):
+    """No job with that id: a 404 / `not_found`."""
 
 
-class JobStateError(ControlPlaneError):
-    status, code, type = 409, "invalid_state", "invalid_request_error"
+class JobStateError(InvalidStateError):
+    """The job cannot do that in its state (cancel an ended job): a 409 / `invalid_state`."""
 
 
 class PlaneModels:
@@ -75,6 +76,7 @@ class LiveJob:
     id: int
     plan: Plan
     progress: list[StageProgress]
+    owner: Principal
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancel_requested: bool = False
     done: trio.Event = field(default_factory=trio.Event)
@@ -125,7 +127,9 @@ class JobManager:
             await self._changed.wait()
 
     def model_facts(self) -> dict[str, ModelFacts]:
-        return {name: ModelFacts(name, slot.config.kind, slot.config.parallel) for name, slot in self.plane.pool.slots.items()}
+        # Through the plane's API (not its pool): slots_total is the configured `parallel` of an
+        # LLM until its engine reports its own. On the trio thread (the pool reads trio's clock).
+        return {info.id: ModelFacts(info.id, info.kind, max(1, info.slots_total)) for info in self.plane.list_models()}
 
     def selector(self, strategy: str) -> NodeSelector:
         if self.config.backend == "ray" and self.ray_runner is not None:
@@ -134,9 +138,21 @@ class JobManager:
             nodes = [NodeCapacity.from_node_info(self.node)]
         return NodeSelector(nodes, strategy)  # type: ignore[arg-type]
 
-    def plan(self, spec: s.PipelineSpec) -> Plan:
-        """Check and compile (imports user modules: call it on a worker thread)."""
-        return compile_plan(spec, self.model_facts(), self.selector(spec.strategy), self.reserved)
+    async def plan(self, spec: s.PipelineSpec, owner: Principal | None = None) -> Plan:
+        """Check and compile; user modules are imported on a worker thread. A user peer's job may
+        import only from [jobs].allowed_function_modules."""
+        allowed = None if owner is None or owner.admin else tuple(self.config.allowed_function_modules)
+        facts = self.model_facts()
+        # The selector asks Ray for its nodes (blocking): on the worker thread, with the imports.
+        return await trio.to_thread.run_sync(lambda: compile_plan(spec, facts, self.selector(spec.strategy), self.reserved, allowed))
+
+    def allowed_roots(self, owner: Principal) -> tuple[str, ...] | None:
+        """Where `owner`'s jobs may read and write files; None: anywhere (an admin)."""
+        return None if owner.admin else tuple(self.config.allowed_roots)
+
+    @staticmethod
+    def owner_of(row: JobRow) -> Principal:
+        return Principal(row.owner_uid if row.owner_uid is not None else os.geteuid(), "user" if row.owner_role == "user" else "admin")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -168,14 +184,21 @@ class JobManager:
 
     async def _start(self, job_id: int, nursery: trio.Nursery) -> None:
         row: JobRow = await self._store(self.store.get, job_id)
+        owner = self.owner_of(row)
         try:
-            spec = self.python_specs.get(job_id) or await trio.to_thread.run_sync(self._spec_of, row)
-            plan = await trio.to_thread.run_sync(self.plan, spec)
+            spec = self.python_specs.get(job_id)
+            if spec is None:
+                spec = await trio.to_thread.run_sync(self._spec_of, row)
+            # Planned with the submitter's rights as configured now: a module taken off the
+            # allow-list since the submit is refused on retry.
+            plan = await self.plan(spec, owner)
         except ControlPlaneError as exc:
             await self._store(self.store.set_state, job_id, "failed", exc.message)
             self._notify()
             return
-        live = LiveJob(job_id, plan, progress_for(plan))
+        access = job_access(spec, row.base_dir)
+        log(logger, logging.INFO, "job started", job=job_id, attempt=row.attempt, uid=owner.uid, role=owner.role, **access.fields())
+        live = LiveJob(job_id, plan, progress_for(plan), owner)
         self.live[job_id] = live
         await self._store(self.store.set_stages, job_id, [_stage_row(n, sp) for n, sp in enumerate(live.progress)])
         await self._store(self.store.set_state, job_id, "running")
@@ -199,7 +222,7 @@ class JobManager:
         ctx = RunContext(
             job_id=str(job_id), models=PlaneModels(self.plane, priority, job_id), collections=self.collections,
             base_dir=row.base_dir, results_path=str(self.results_dir / f"{job_id}.jsonl"), progress=live.progress,
-            on_item_error=on_item_error, channel_capacity=self.config.channel_capacity,
+            on_item_error=on_item_error, channel_capacity=self.config.channel_capacity, allowed_roots=self.allowed_roots(live.owner),
         )
         state, error, started = "failed", "", time.monotonic()
         try:
@@ -267,25 +290,38 @@ class JobManager:
 
     # ------------------------------------------------------------------ the API the doors call
 
-    async def submit(self, spec: s.PipelineSpec, source: str = "", base_dir: str = "") -> p.JobSummary:
-        """Validate and plan now (errors come back to the caller before anything is stored), then queue."""
-        plan = await trio.to_thread.run_sync(self.plan, spec)
+    async def submit(self, spec: s.PipelineSpec, source: str = "", base_dir: str = "", owner: Principal | None = None) -> p.JobSummary:
+        """Validate and plan now (errors come back to the caller before anything is stored), then
+        queue. `owner`: the RPC peer submitting it (None: the daemon itself, an admin). A user
+        peer's job is checked against [jobs].allowed_roots and allowed_function_modules before
+        any module it names is imported: PermissionDeniedError saying which setting."""
+        owner = owner or daemon_principal()
+        base = os.path.normpath(spec.base_dir if os.path.isabs(spec.base_dir) else os.path.join(base_dir or os.getcwd(), spec.base_dir))
+        access = job_access(spec, base)
+        refusal = submit_refusal(access, owner, self.config.allowed_roots, self.config.allowed_function_modules)
+        if refusal is not None:
+            raise PermissionDeniedError(refusal)
+        plan = await self.plan(spec, owner)
         python_objects = s.has_python_objects(spec)
-        base = spec.base_dir if os.path.isabs(spec.base_dir) else os.path.join(base_dir or os.getcwd(), spec.base_dir)
-        job_id = await self._store(self.store.create, spec.name, s.spec_to_builtins(spec), source, os.path.normpath(base), python_objects, self.config.backend)
+        job_id = await self._store(
+            self.store.create, spec.name, s.spec_to_builtins(spec), source, base, python_objects, self.config.backend, owner.uid, owner.role,
+        )
         if python_objects:
             self.python_specs[job_id] = spec
+        # What the job touches, with who asked: in the daemon's log and the job's own events.
+        log(logger, logging.INFO, "job submitted", job=job_id, name=spec.name, uid=owner.uid, role=owner.role, **access.fields())
+        await self._store(self.store.log, job_id, "info", f"access: {owner} {access.describe()}")
         for note in plan.notes:
             await self._store(self.store.log, job_id, "info", f"plan: {note}")
         self._wake.set()
         self._notify()
         return await self.summary(job_id)
 
-    async def submit_toml(self, text: str, source_path: str = "", name: str = "") -> p.JobSummary:
+    async def submit_toml(self, text: str, source_path: str = "", name: str = "", owner: Principal | None = None) -> p.JobSummary:
         spec = s.load_toml(text, os.path.basename(source_path) or "pipeline.toml")
         if name:
             spec = msgspec.structs.replace(spec, name=name)
-        return await self.submit(spec, text, os.path.dirname(source_path) if source_path else "")
+        return await self.submit(spec, text, os.path.dirname(source_path) if source_path else "", owner)
 
     async def summary(self, job_id: int) -> p.JobSummary:
         row = await self._row(job_id)
@@ -297,10 +333,21 @@ class JobManager:
             raise JobNotFoundError(f"no job {job_id}")
         return row
 
-    async def list(self, state: str = "", limit: int = 50) -> list[p.JobSummary]:
-        if state and state not in ("queued", "running", "succeeded", "failed", "cancelled", "interrupted"):
-            raise InvalidRequestError(f"unknown state {state!r}", param="state")
-        return [_summary(r) for r in await self._store(self.store.list, state, limit)]
+    async def check_owner(self, job_id: int, who: Principal) -> None:
+        """A user peer sees and acts on its own jobs only (another's may read files it may not,
+        and its results with them); admins on every job. NotFound before PermissionDenied, as
+        ids are no secret."""
+        row = await self._row(job_id)
+        if not who.admin and row.owner_uid != who.uid:
+            owner = "the daemon" if row.owner_uid is None else f"uid {row.owner_uid}"
+            raise PermissionDeniedError(f"job {job_id} belongs to {owner}; {who} sees and acts on its own jobs only: ask an admin (the daemon's user or root)")
+
+    async def list(self, state: str = "", limit: int = 50, who: Principal | None = None) -> list[p.JobSummary]:
+        """Newest first. A user peer (`who`) sees its own jobs only."""
+        if state and state not in p.JOB_STATES:
+            raise InvalidRequestError(f"unknown state {state!r}: use one of {', '.join(p.JOB_STATES)}", param="state")
+        owner_uid = None if who is None or who.admin else who.uid
+        return [_summary(r) for r in await self._store(self.store.list, state, limit, owner_uid)]
 
     async def show(self, job_id: int, results: int = 0, events: int = 20) -> p.JobDetail:
         row = await self._row(job_id)

@@ -24,6 +24,7 @@ import numpy as np
 from cython_ops import chunk_text_with_offsets
 from sage_daemon.engines.base import ChatMessage, GenerationRequest, SamplingParams
 from sage_daemon.jobs import spec as s
+from sage_daemon.jobs.access import check_path
 from sage_daemon.jobs.planner import PhysicalStage
 from sage_daemon.jobs.vectorstore import CollectionStore
 
@@ -62,8 +63,14 @@ def resolve_path(base_dir: str, path: str) -> str:
 # ----------------------------------------------------------------------------- sources
 
 
-def source_items(stage: s._Stage, base_dir: str) -> Iterator[Any]:
-    """The source's items, lazily (files are read as they are reached)."""
+def sink_path(base_dir: str, path: str, roots: tuple[str, ...] | None = None) -> str:
+    """A to_jsonl sink's file, checked against the job's allowed roots before anything is created."""
+    return check_path(resolve_path(base_dir, path), roots, "write")
+
+
+def source_items(stage: s._Stage, base_dir: str, roots: tuple[str, ...] | None = None) -> Iterator[Any]:
+    """The source's items, lazily (files are read as they are reached). `roots`: each file's
+    real path must lie under one (a user peer's job); None: any file."""
     if isinstance(stage, s.FromItems):
         for n, item in enumerate(stage.items):
             if isinstance(item, dict) and "id" not in item:
@@ -80,13 +87,14 @@ def source_items(stage: s._Stage, base_dir: str) -> Iterator[Any]:
                 if path in seen or os.path.isdir(path):
                     continue
                 seen.add(path)
+                check_path(path, roots, "read")
                 rel = os.path.relpath(path, base_dir) if base_dir else path
                 if path.endswith(".jsonl"):
                     yield from _jsonl(path, rel, "id", stage.encoding)
                 else:
                     yield {"id": rel, "text": Path(path).read_text(encoding=stage.encoding, errors="replace"), "path": rel}
     elif isinstance(stage, s.FromJsonl):
-        path = resolve_path(base_dir, stage.path)
+        path = check_path(resolve_path(base_dir, stage.path), roots, "read")
         yield from _jsonl(path, os.path.relpath(path, base_dir) if base_dir else path, stage.id_field, "utf-8")
 
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import importlib
 import string
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
 
+from sage_daemon.core.errors import PermissionDeniedError
 from sage_daemon.jobs import spec as s
+from sage_daemon.jobs.access import MODULES_HINT, module_allowed
 from sage_daemon.jobs.selector import Decision, NodeSelector, PlacementError, ResourceHints
 
 CHEAP_OPS = frozenset({"map", "flat_map", "filter", "chunk", "prompt"})
@@ -81,14 +84,29 @@ def _fail(index: int, stage: s._Stage, field_name: str | None, what: str) -> s.P
     return s.PipelineSpecError(f"{where}: " + (f"field {field_name}: " if field_name else "") + what, param=field_name)
 
 
-def resolve_function(ref: Any) -> Callable[[], Callable[[Any], Any]]:
+def _defined_in(target: Any) -> str:
+    """The module a function, class or object's class was defined in."""
+    if isinstance(target, types.ModuleType):
+        return target.__name__
+    owner = target if isinstance(target, type) or callable(target) and hasattr(target, "__module__") else type(target)
+    return getattr(owner, "__module__", None) or type(target).__module__
+
+
+def resolve_function(ref: Any, allowed_modules: tuple[str, ...] | None = None) -> Callable[[], Callable[[Any], Any]]:
     """A factory giving each worker its function. Classes with execute() are instantiated per
-    worker; objects with execute() and plain callables are shared. Raises ValueError."""
+    worker; objects with execute() and plain callables are shared. Raises ValueError.
+
+    `allowed_modules` (a user peer's job): the module named must be in the list before it is
+    imported, and what the name reaches must be defined there too: `allowed:os.system` or a
+    re-exported `from os import system` would otherwise lead out of the allow-list. Raises
+    PermissionDeniedError. None: any importable function (an admin's job)."""
     target = ref
     if isinstance(ref, str):
         module_name, sep, attr = ref.partition(":")
         if not sep or not module_name or not attr:
             raise ValueError(f"{ref!r} is not \"module:attr\"")
+        if allowed_modules is not None and not module_allowed(module_name, allowed_modules):
+            raise PermissionDeniedError(f"fn {ref!r}: module {module_name!r} is not in [jobs].allowed_function_modules; {MODULES_HINT}")
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
@@ -98,6 +116,13 @@ def resolve_function(ref: Any) -> Callable[[], Callable[[Any], Any]]:
             if not hasattr(target, part):
                 raise ValueError(f"module {module_name!r} has no attribute {attr!r}")
             target = getattr(target, part)
+            if allowed_modules is not None and not module_allowed(_defined_in(target), allowed_modules):
+                raise PermissionDeniedError(
+                    f"fn {ref!r} leads to {_defined_in(target)}" + ("" if isinstance(target, types.ModuleType) else f".{getattr(target, '__qualname__', part)}") + ", "
+                    f"outside [jobs].allowed_function_modules; {MODULES_HINT}"
+                )
+    elif allowed_modules is not None:
+        raise PermissionDeniedError(f"fn {ref!r}: a user peer names functions as \"module:function\"; {MODULES_HINT}")
     if isinstance(target, type):
         if not callable(getattr(target, "execute", None)):
             raise ValueError(f"class {target.__qualname__} has no execute() method")
@@ -135,14 +160,17 @@ def _check_stage(index: int, stage: s._Stage, models: dict[str, ModelFacts]) -> 
         raise _fail(index, stage, "field", "give exactly one of field or fn")
 
 
-def _resolve_functions(index: int, stage: s._Stage) -> Callable[[], Callable[[Any], Any]] | None:
+def _resolve_functions(index: int, stage: s._Stage, allowed_modules: tuple[str, ...] | None) -> Callable[[], Callable[[Any], Any]] | None:
     fn = getattr(stage, "fn", None)
     if fn is None or fn == "":
         if isinstance(stage, (s.Map, s.FlatMap, s.Filter)):
             raise _fail(index, stage, "fn", "is required")
         return None
     try:
-        return resolve_function(fn)
+        return resolve_function(fn, allowed_modules)
+    except PermissionDeniedError as exc:
+        where = f"stage {index + 1} ({s.op_of(stage)}{', ' + repr(stage.name) if stage.name else ''})"
+        raise PermissionDeniedError(f"{where}: {exc.message}", param="fn") from None
     except ValueError as exc:
         raise _fail(index, stage, "fn", str(exc)) from None
 
@@ -151,8 +179,12 @@ def _hints(stage: s._Stage) -> ResourceHints:
     return ResourceHints(stage.cpus, stage.gpus, s.parse_memory(stage.memory))
 
 
-def compile_plan(spec: s.PipelineSpec, models: dict[str, ModelFacts], selector: NodeSelector | None = None, reserved_interactive_slots: int = 1) -> Plan:
-    """Check and compile a declaration. Raises PipelineSpecError naming the stage and field."""
+def compile_plan(
+    spec: s.PipelineSpec, models: dict[str, ModelFacts], selector: NodeSelector | None = None, reserved_interactive_slots: int = 1,
+    allowed_modules: tuple[str, ...] | None = None,
+) -> Plan:
+    """Check and compile a declaration. Raises PipelineSpecError naming the stage and field, or
+    PermissionDeniedError for a function outside `allowed_modules` (None: any function)."""
     stages = spec.stages
     for index, stage in enumerate(stages):
         op = s.op_of(stage)
@@ -168,7 +200,7 @@ def compile_plan(spec: s.PipelineSpec, models: dict[str, ModelFacts], selector: 
     functions: dict[int, Callable[[], Callable[[Any], Any]]] = {}
     for index, stage in enumerate(stages):
         _check_stage(index, stage, models)
-        factory = _resolve_functions(index, stage)
+        factory = _resolve_functions(index, stage, allowed_modules)
         if factory is not None:
             functions[index] = factory
 

@@ -227,7 +227,7 @@ class RayRunner:
                 advance(out, last + 1)
 
         try:
-            source = ops.packets(ops.source_items(stages[0].ops[0], ctx.base_dir))
+            source = ops.packets(ops.source_items(stages[0].ops[0], ctx.base_dir, ctx.allowed_roots))
             while packet := source():
                 if stop.is_set():
                     return ""
@@ -289,7 +289,7 @@ class _Driver:
             writer = self.writers.get(stage.index)
             if writer is None:
                 if isinstance(op, s.ToJsonl):
-                    writer = ops.JsonlWriter(ops.resolve_path(ctx.base_dir, op.path), op.exclude)
+                    writer = ops.JsonlWriter(ops.sink_path(ctx.base_dir, op.path, ctx.allowed_roots), op.exclude)
                 else:
                     writer = ops.JsonlWriter(ctx.results_path, op.exclude, op.limit)  # type: ignore[attr-defined]
                 self.writers[stage.index] = writer

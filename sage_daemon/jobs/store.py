@@ -17,8 +17,11 @@ from typing import Any
 
 import msgspec
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
-STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+from sage_client.protocol import JOB_STATES, TERMINAL_JOB_STATES
+
+# The protocol's spelling of the states (sagectl and the handlers use the same names).
+TERMINAL = TERMINAL_JOB_STATES
+STATES = JOB_STATES
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -35,7 +38,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     attempt INTEGER NOT NULL DEFAULT 1,
     error TEXT NOT NULL DEFAULT '',
-    result_location TEXT NOT NULL DEFAULT ''
+    result_location TEXT NOT NULL DEFAULT '',
+    owner_uid INTEGER,
+    owner_role TEXT NOT NULL DEFAULT 'admin'
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -78,6 +83,8 @@ class JobRow(msgspec.Struct):
     python_objects: bool
     spec: dict[str, Any]
     source: str
+    owner_uid: int | None = None  # the RPC peer that submitted it; None: a store from before owners were kept
+    owner_role: str = "admin"  # that peer's role when it submitted: the job is planned and run with it
 
 
 class StageRow(msgspec.Struct):
@@ -110,6 +117,16 @@ class JobStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Stores written before jobs had owners get the columns; their jobs count as the
+        daemon's own (admin), which is who could submit them then without a group."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        if "owner_uid" not in columns:
+            self.db.execute("ALTER TABLE jobs ADD COLUMN owner_uid INTEGER")
+        if "owner_role" not in columns:
+            self.db.execute("ALTER TABLE jobs ADD COLUMN owner_role TEXT NOT NULL DEFAULT 'admin'")
 
     def close(self) -> None:
         self.db.close()
@@ -126,13 +143,16 @@ class JobStore:
             raise
         return cursor
 
-    def create(self, name: str, spec: dict[str, Any], source: str, base_dir: str, python_objects: bool, executor: str) -> int:
+    def create(
+        self, name: str, spec: dict[str, Any], source: str, base_dir: str, python_objects: bool, executor: str,
+        owner_uid: int | None = None, owner_role: str = "admin",
+    ) -> int:
         now = time.time()
         self.db.execute("BEGIN IMMEDIATE")
         try:
             cursor = self.db.execute(
-                "INSERT INTO jobs (name, state, spec, source, base_dir, python_objects, executor, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
-                (name, json.dumps(spec), source, base_dir, int(python_objects), executor, now),
+                "INSERT INTO jobs (name, state, spec, source, base_dir, python_objects, executor, created_at, owner_uid, owner_role) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, json.dumps(spec), source, base_dir, int(python_objects), executor, now, owner_uid, owner_role),
             )
             job_id = int(cursor.lastrowid)  # type: ignore[arg-type]
             self.db.execute("INSERT INTO events (job_id, ts, level, message) VALUES (?, ?, 'state', ?)", (job_id, now, "queued"))
@@ -184,19 +204,28 @@ class JobStore:
 
     def get(self, job_id: int) -> JobRow | None:
         row = self.db.execute(
-            "SELECT id, name, state, created_at, started_at, finished_at, attempt, error, result_location, executor, base_dir, python_objects, spec, source FROM jobs WHERE id = ?",
+            "SELECT id, name, state, created_at, started_at, finished_at, attempt, error, result_location, executor, base_dir, python_objects, spec, source, owner_uid, owner_role FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
         return None if row is None else self._job(row)
 
     @staticmethod
     def _job(row: tuple[Any, ...]) -> JobRow:
-        return JobRow(*row[:11], bool(row[11]), json.loads(row[12]), row[13])
+        return JobRow(*row[:11], bool(row[11]), json.loads(row[12]), row[13], row[14], row[15])
 
-    def list(self, state: str = "", limit: int = 50) -> list[JobRow]:
-        where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+    def list(self, state: str = "", limit: int = 50, owner_uid: int | None = None) -> list[JobRow]:
+        """Newest first; only jobs in `state` and of `owner_uid` when given."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        if state:
+            clauses.append("state = ?")
+            args.append(state)
+        if owner_uid is not None:
+            clauses.append("owner_uid = ?")
+            args.append(owner_uid)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         rows = self.db.execute(
-            f"SELECT id, name, state, created_at, started_at, finished_at, attempt, error, result_location, executor, base_dir, python_objects, spec, source FROM jobs {where} ORDER BY id DESC LIMIT ?",
+            f"SELECT id, name, state, created_at, started_at, finished_at, attempt, error, result_location, executor, base_dir, python_objects, spec, source, owner_uid, owner_role FROM jobs {where} ORDER BY id DESC LIMIT ?",
             (*args, limit),
         ).fetchall()
         return [self._job(r) for r in rows]

@@ -26,14 +26,14 @@ import numpy as np
 
 from cython_ops import BM25Index, topk
 from sage_client.protocol import CollectionRow
-from sage_daemon.core.errors import ControlPlaneError, InvalidRequestError
+from sage_daemon.core.errors import InvalidRequestError, NotFoundError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RRF_K = 60  # the usual reciprocal-rank-fusion constant
 
 
-class CollectionNotFoundError(ControlPlaneError):
-    status, code, type = 404, "not_found", "invalid_request_error"
+class CollectionNotFoundError(NotFoundError):
+    """No collection of that name: a 404 / `not_found`."""
 
 
 # The store describes a collection with the wire type `sagectl collection` shows: one shape.

@@ -6,7 +6,7 @@ import importlib.metadata
 import os
 import platform
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -14,9 +14,14 @@ import trio
 from sage_client import protocol as p
 from sage_client._version import __version__
 from sage_daemon.core.config import effective_values
+from sage_daemon.core.errors import InvalidRequestError
 from sage_daemon.core.ports import SagePorts
+from sage_daemon.jobs.access import Principal
 from sage_daemon.rpc.server import Handler, ReplyStream, RpcError
 from sage_daemon.services import Services
+
+if TYPE_CHECKING:
+    from sage_daemon.jobs.manager import JobManager
 
 SECRET_KEYS = ("http.api_keys",)
 _REPORTED_PACKAGES = ("trio", "hypercorn", "quart", "quart-trio", "msgspec", "llama_cpp_python", "sentence-transformers", "torch", "vllm", "ray")
@@ -28,7 +33,16 @@ def _redact(key: str, value: Any) -> Any:
     return value
 
 
+def principal(reply: ReplyStream) -> Principal:
+    """Who the job manager acts for: the connection's peer uid and role."""
+    return Principal(reply.peer.uid, reply.peer.role)
+
+
 def make_handlers(services: Services) -> dict[str, Handler]:
+    """Handlers call only `services.control`'s ControlPlaneAPI and the job manager. Which peer
+    may call which method is the server's table (`rpc.server.USER_METHODS`); what a user peer's
+    job may touch, and whose jobs it sees, is the job manager's (`reply.peer` passed on)."""
+
     async def ping(params: p.EchoParams, _: ReplyStream) -> p.PingResult:
         if params.delay_s:
             await trio.sleep(params.delay_s)
@@ -74,47 +88,56 @@ def make_handlers(services: Services) -> dict[str, Handler]:
         return p.ModelsResult([model_row(info) for info in services.control.list_models()])
 
     async def load(params: p.ModelName, _: ReplyStream) -> p.ModelRow:
-        return model_row(await services.control.pool.load(params.name))
+        return model_row(await services.control.load(params.name))
 
     async def unload(params: p.ModelName, _: ReplyStream) -> p.ModelRow:
-        return model_row(await services.control.pool.unload(params.name))
+        return model_row(await services.control.unload(params.name))
 
     async def queue(_: p.Empty, __: ReplyStream) -> p.QueueResult:
-        control = services.control
-        entries = [msgspec.convert(msgspec.to_builtins(e), p.QueueRow) for e in control.queue()]
-        return p.QueueResult(control.policy.name, entries, {m: n for m, n in control.running.items() if n})
+        snapshot = services.control.queue_snapshot()
+        entries = [msgspec.convert(msgspec.to_builtins(e), p.QueueRow) for e in snapshot.entries]
+        return p.QueueResult(snapshot.policy, entries, {m: n for m, n in snapshot.running.items() if n})
 
     async def policy_get(_: p.Empty, __: ReplyStream) -> p.PolicyResult:
-        return p.PolicyResult(services.control.policy.name)
+        return p.PolicyResult(services.control.policy_name)
 
     async def policy_set(params: p.PolicyParams, _: ReplyStream) -> p.PolicyResult:
+        if params.name not in p.POLICY_NAMES:
+            raise InvalidRequestError(f"unknown policy {params.name!r}: use one of {', '.join(p.POLICY_NAMES)}", param="name")
         previous = services.control.set_policy(params.name)
-        return p.PolicyResult(services.control.policy.name, previous)
+        return p.PolicyResult(services.control.policy_name, previous)
 
     # ----------------------------------------------------------------- jobs and collections
 
-    def jobs() -> Any:
+    def jobs() -> JobManager:
         if services.jobs is None:
             raise RpcError(p.ErrorCode.UNAVAILABLE, "the job manager is not running")
         return services.jobs
 
-    async def job_submit(params: p.JobSubmitParams, _: ReplyStream) -> p.JobSummary:
+    async def job_submit(params: p.JobSubmitParams, reply: ReplyStream) -> p.JobSummary:
         if params.toml:
-            return await jobs().submit_toml(params.toml, params.source_path, params.name)
+            return await jobs().submit_toml(params.toml, params.source_path, params.name, principal(reply))
         if params.spec is not None:
             from sage_daemon.jobs.spec import spec_from_dict
 
             spec = spec_from_dict({**params.spec, **({"name": params.name} if params.name else {})})
-            return await jobs().submit(spec, "", os.path.dirname(params.source_path) if params.source_path else "")
+            return await jobs().submit(spec, "", os.path.dirname(params.source_path) if params.source_path else "", principal(reply))
         raise RpcError(p.ErrorCode.INVALID_PARAMS, "job.submit needs toml (a pipeline file's text) or spec (a table)")
 
-    async def job_list(params: p.JobListParams, _: ReplyStream) -> p.JobListResult:
-        return p.JobListResult(await jobs().list(params.state, params.limit))
+    async def job_list(params: p.JobListParams, reply: ReplyStream) -> p.JobListResult:
+        return p.JobListResult(await jobs().list(params.state, params.limit, principal(reply)))
 
-    async def job_show(params: p.JobId, _: ReplyStream) -> p.JobDetail:
-        return await jobs().show(params.id)
+    async def owned(job_id: int, reply: ReplyStream) -> JobManager:
+        """The job manager, once the peer may see job `job_id` (a user peer: its own jobs)."""
+        manager = jobs()
+        await manager.check_owner(job_id, principal(reply))
+        return manager
+
+    async def job_show(params: p.JobId, reply: ReplyStream) -> p.JobDetail:
+        return await (await owned(params.id, reply)).show(params.id)
 
     async def job_logs(params: p.JobLogsParams, reply: ReplyStream) -> p.JobLogsEnd:
+        await owned(params.id, reply)
         last = params.after
         async for event in jobs().logs(params.id, params.follow, params.after):
             await reply.send(event)
@@ -122,6 +145,7 @@ def make_handlers(services: Services) -> dict[str, Handler]:
         return p.JobLogsEnd(await jobs().summary(params.id), last)
 
     async def job_watch(params: p.JobWatchParams, reply: ReplyStream) -> p.JobDetail:
+        await owned(params.id, reply)
         last = None
         async for detail in jobs().watch(params.id, params.interval_s, params.results):
             last = detail
@@ -129,14 +153,14 @@ def make_handlers(services: Services) -> dict[str, Handler]:
         assert last is not None
         return last
 
-    async def job_wait(params: p.JobWaitParams, _: ReplyStream) -> p.JobDetail:
-        return await jobs().wait(params.id, params.timeout_s, params.results)
+    async def job_wait(params: p.JobWaitParams, reply: ReplyStream) -> p.JobDetail:
+        return await (await owned(params.id, reply)).wait(params.id, params.timeout_s, params.results)
 
-    async def job_cancel(params: p.JobId, _: ReplyStream) -> p.JobSummary:
-        return await jobs().cancel(params.id)
+    async def job_cancel(params: p.JobId, reply: ReplyStream) -> p.JobSummary:
+        return await (await owned(params.id, reply)).cancel(params.id)
 
-    async def job_retry(params: p.JobId, _: ReplyStream) -> p.JobSummary:
-        return await jobs().retry(params.id)
+    async def job_retry(params: p.JobId, reply: ReplyStream) -> p.JobSummary:
+        return await (await owned(params.id, reply)).retry(params.id)
 
     async def job_embed(params: p.JobEmbedParams, _: ReplyStream) -> p.JobEmbedResult:
         return p.JobEmbedResult(await jobs().embed_for_stage(params.model, params.texts, params.priority))

@@ -15,14 +15,15 @@ import socket
 import stat
 import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import trio
 
 from sage_client import protocol as p
-from sage_daemon.core.errors import ControlPlaneError
+from sage_daemon.core.errors import ControlPlaneError, PermissionDeniedError
 from sage_daemon.core.lifecycle import Lifecycle
 from sage_daemon.core.logging import log
 
@@ -31,21 +32,58 @@ HELLO_TIMEOUT_S = 10.0
 _PEERCRED = struct.Struct("3i")
 
 
+ERROR_CODES: frozenset[str] = frozenset(v for k, v in vars(p.ErrorCode).items() if k.isupper())
+
+
 class RpcError(Exception):
-    """A typed error for the caller: `code` from protocol.ErrorCode."""
+    """A typed error for the caller: `code` is a member of protocol.ErrorCode (clients branch on it)."""
 
     def __init__(self, code: str, message: str):
+        assert code in ERROR_CODES, f"{code!r} is not a protocol.ErrorCode member"
         super().__init__(message)
         self.code = code
         self.message = message
 
 
+Role = Literal["user", "admin"]
+
+# What a `user` peer (a member of [rpc].group with group_role = "user") may call. Everything
+# else is admin-only, including any method added later: a new method stays closed to group
+# members until someone decides it is safe for them. job.submit is checked further by the job
+# manager (built-in operators, paths under [jobs].allowed_roots); job.show/logs/watch/wait/
+# cancel/retry by the job's owner (a user peer sees only its own jobs).
+USER_METHODS: frozenset[str] = frozenset({
+    "ping", "status", "version", "nodes", "ports", "models", "queue", "policy.get",
+    "job.embed", "job.generate", "job.submit", "job.list", "job.show", "job.logs", "job.watch", "job.wait", "job.cancel", "job.retry",
+    "collection.list", "collection.show",
+})
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The process on the other end of a connection (SO_PEERCRED) and the role it was given."""
+
+    pid: int
+    uid: int
+    gid: int
+    role: Role
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+    def __str__(self) -> str:
+        return f"uid {self.uid} ({self.role})"
+
+
 class ReplyStream:
-    """Handed to streaming handlers: each `send` becomes one Item frame of the reply."""
+    """Handed to handlers: who asked (`peer`), and for streaming methods each `send` becomes one
+    Item frame of the reply."""
 
     def __init__(self, connection: _Connection, request_id: int):
         self._connection = connection
         self._id = request_id
+        self.peer: Peer = connection.peer
 
     async def send(self, data: Any) -> None:
         await self._connection.send(p.Item(self._id, msgspec.to_builtins(data)))
@@ -55,25 +93,41 @@ Handler = Callable[[Any, ReplyStream], Awaitable[Any]]
 
 
 class PeerPolicy:
-    """Who may talk to the daemon: its own uid, root, and members of the configured group."""
+    """Who may talk to the daemon, and as what: its own uid and root are `admin`; members of
+    the configured group get `group_role` ("user" unless the config trusts the group)."""
 
-    def __init__(self, group: str = ""):
+    def __init__(self, group: str = "", group_role: Role = "user"):
         self.uid = os.geteuid()
         self.group = group
+        self.group_role: Role = group_role
         self.gid = grp.getgrnam(group).gr_gid if group else None
 
-    def allows(self, uid: int, gid: int) -> bool:
+    def role_of(self, uid: int, gid: int) -> Role | None:
+        """The peer's role, or None when it may not connect at all."""
         if uid in (self.uid, 0):
-            return True
+            return "admin"
         if self.gid is None:
-            return False
+            return None
         if gid == self.gid:
-            return True
+            return self.group_role
         try:
-            name = pwd.getpwuid(uid).pw_name
-            return name in grp.getgrgid(self.gid).gr_mem or pwd.getpwuid(uid).pw_gid == self.gid
+            entry = pwd.getpwuid(uid)
+            member = entry.pw_name in grp.getgrgid(self.gid).gr_mem or entry.pw_gid == self.gid
         except KeyError:
-            return False
+            return None
+        return self.group_role if member else None
+
+    def allows(self, uid: int, gid: int) -> bool:
+        return self.role_of(uid, gid) is not None
+
+    def refusal(self, peer: Peer, method: str) -> str | None:
+        """Why `peer` may not call `method` (a message saying what to do), or None."""
+        if peer.admin or method in USER_METHODS:
+            return None
+        return (
+            f"{method} needs an admin peer and uid {peer.uid} is a \"user\" member of group {self.group!r}: "
+            "run it as the daemon's user or root, or set [rpc].group_role = \"admin\" in the daemon's config to trust the whole group"
+        )
 
 
 def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
@@ -150,6 +204,7 @@ class _Connection:
         self.stream = stream
         self.decoder = p.FrameDecoder(server.max_frame_bytes)
         self.send_lock = trio.Lock()
+        self.peer = Peer(0, -1, -1, "user")  # set from SO_PEERCRED before any request is read
 
     async def send(self, message: p.Message) -> None:
         data = p.encode_frame(message)
@@ -173,12 +228,14 @@ class _Connection:
 
     async def run(self) -> None:
         pid, uid, gid = peer_credentials(self.stream.socket)
-        if not self.server.peer_policy.allows(uid, gid):
+        role = self.server.peer_policy.role_of(uid, gid)
+        if role is None:
             log(logger, logging.WARNING, "rpc peer refused", pid=pid, uid=uid, gid=gid)
             group = self.server.peer_policy.group
             how = f"ask to be added to group {group!r}" if group else "set rpc.group in the daemon's config to let a group in"
             await self.send(p.Error(0, p.ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon; {how}"))
             return
+        self.peer = Peer(pid, uid, gid, role)
         try:
             with trio.fail_after(HELLO_TIMEOUT_S):
                 first = await self._next_message()
@@ -225,12 +282,21 @@ class _Connection:
             params = p.decode_params(request.method, request.params)
             if handler is None or spec is None:
                 raise RpcError(p.ErrorCode.UNKNOWN_METHOD, f"method {request.method!r} is not served by this daemon")
+            refusal = server.peer_policy.refusal(self.peer, request.method)
+            if refusal is not None:
+                raise PermissionDeniedError(refusal)
             with server.lifecycle.track():  # until the reply is sent, so the drain waits for it
                 result = await handler(params, ReplyStream(self, request.id))
                 payload = msgspec.to_builtins(result)
                 await self.send(p.End(request.id, payload) if spec.streaming else p.Reply(request.id, payload))
-        except (RpcError, p.ProtocolError, ControlPlaneError) as exc:
+        except (RpcError, p.ProtocolError) as exc:
             await self.send(p.Error(request.id, exc.code, exc.message))
+        except ControlPlaneError as exc:
+            # `code` is the HTTP door's (OpenAI's) name; the RPC client gets the protocol's.
+            if exc.rpc_code == p.ErrorCode.PERMISSION_DENIED:
+                peer = self.peer
+                log(logger, logging.WARNING, "rpc refused", method=request.method, uid=peer.uid, pid=peer.pid, role=peer.role, reason=exc.message)
+            await self.send(p.Error(request.id, exc.rpc_code, exc.message))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise
         except Exception as exc:  # our bug: log it with the request, answer typed

@@ -117,3 +117,70 @@ async def test_many_concurrent_clients(daemon: Any) -> None:
 
 async def test_socket_is_private(daemon: Any) -> None:
     assert daemon.paths.socket.stat().st_mode & 0o777 == 0o600
+
+
+# ----------------------------------------------------------------------------- typed errors -> protocol codes
+
+
+async def test_typed_errors_go_out_as_their_protocol_codes(tmp_path: Any, nursery: trio.Nursery) -> None:
+    """The server sends each typed error's `rpc_code` (a protocol.ErrorCode member), not the
+    HTTP door's `code`: a real RpcServer on a real socket, with handlers that raise them."""
+    from sage_daemon.core import errors as e
+    from sage_daemon.core.lifecycle import Lifecycle
+    from sage_daemon.rpc.server import PeerPolicy, RpcServer, bind_unix_socket
+
+    raised = {
+        "ping": e.QueueFullError("the queue for smollm2 is full", retry_after_s=1.0),
+        "status": e.ModelNotFoundError("no model 'nope'"),
+        "nodes": e.InvalidStateError("job 1 already ended"),
+        "ports": e.NotFoundError("no job 9"),
+        "version": e.DeadlineExceededError("deadline passed"),
+        # These differ from the HTTP codes ("engine_unavailable", "context_length_exceeded"):
+        "models": e.EngineUnavailableError("engine smollm2 died; it restarts"),
+        "queue": e.ContextOverflowError(4000, 200, 4096),
+    }
+
+    def raising(exc: Exception) -> Any:
+        async def handler(params: Any, reply: Any) -> Any:
+            raise exc
+
+        return handler
+
+    sock = await bind_unix_socket(tmp_path / "codes.sock")
+    server = RpcServer({m: raising(exc) for m, exc in raised.items()}, lambda: p.Welcome(p.PROTOCOL_VERSION, "test", 0, ""), Lifecycle(), PeerPolicy())
+    await nursery.start(server.serve, sock)
+
+    def codes() -> dict[str, str]:
+        out = {}
+        with RpcClient(tmp_path / "codes.sock") as client:
+            for method in raised:
+                with pytest.raises(RpcCallError) as info:
+                    client.call(method, {})
+                out[method] = info.value.code
+        return out
+
+    got = await trio.to_thread.run_sync(codes)
+    assert got == {
+        "ping": p.ErrorCode.QUEUE_FULL, "status": p.ErrorCode.MODEL_NOT_FOUND, "nodes": p.ErrorCode.INVALID_STATE,
+        "ports": p.ErrorCode.NOT_FOUND, "version": p.ErrorCode.DEADLINE_EXCEEDED, "models": p.ErrorCode.UNAVAILABLE,
+        "queue": p.ErrorCode.INVALID_PARAMS,
+    }
+    members = {v for k, v in vars(p.ErrorCode).items() if k.isupper()}
+    assert set(got.values()) <= members
+
+
+async def test_real_daemon_sends_not_found_model_not_found_and_invalid_state(daemon: Any) -> None:
+    async def code_of(method: str, params: Any) -> str:
+        with pytest.raises(RpcCallError) as info:
+            await call(daemon, method, params)
+        return info.value.code
+
+    assert await code_of("load", {"name": "no-such-model"}) == p.ErrorCode.MODEL_NOT_FOUND
+    assert await code_of("job.show", {"id": 99999}) == p.ErrorCode.NOT_FOUND
+    assert await code_of("collection.show", {"name": "no-such-collection"}) == p.ErrorCode.NOT_FOUND
+    assert await code_of("policy.set", {"name": "lottery"}) == p.ErrorCode.INVALID_PARAMS
+    assert await code_of("job.submit", {"spec": {"stages": [{"op": "from_items", "items": [1]}]}}) == p.ErrorCode.INVALID_PARAMS
+    job = await call(daemon, "job.submit", {"spec": {"name": "ends", "stages": [{"op": "from_items", "items": [1, 2]}, {"op": "collect"}]}})
+    done = await call(daemon, "job.wait", {"id": job.id, "timeout_s": 30})
+    assert done.job.state == "succeeded"
+    assert await code_of("job.cancel", {"id": job.id}) == p.ErrorCode.INVALID_STATE
