@@ -1,0 +1,343 @@
+"""The HTTP door's connections: hypercorn's settings, a cap on open connections, and the closes
+that hypercorn and h11 get wrong.
+
+What is the libraries' (reproductions in docs/upstream/):
+
+* hypercorn closes a finished connection (after `Connection: close`, HTTP/1.0, a response that
+  ended before its request body, or the drain) from inside the application's task, right after
+  it has sent the application `http.disconnect`. quart-trio answers that message by cancelling
+  its request nursery, which is the task doing the close, so the close is cut short at its first
+  checkpoint and the socket stays open until the client gives up. The same cancellation stops
+  the keep-alive idle timer from being re-armed after a recycled request, so idle keep-alive
+  connections never time out. `DoorApp` holds `http.disconnect` back from the application while
+  the last body message is being sent, so nothing cancels that task mid-close.
+* hypercorn waits for the idle timer (keep_alive_timeout) or the application before it closes a
+  socket whose client has already closed: CLOSE-WAIT for seconds or minutes. `_TCPServer` closes
+  as soon as the read side ends.
+* h11 keeps a connection alive after a request with both Content-Length and Transfer-Encoding
+  (RFC 9112 §6.1: the server MUST close after responding). `DoorApp` adds `Connection: close`
+  to the response of such a request, which makes h11 close.
+* hypercorn accepts without limit, and the listen backlog is its own default (100) unless
+  `Config.backlog` is set. `serve` caps open connections: past `max_connections` a connection
+  gets an immediate 503 with Retry-After instead of a reset or a wait; during the drain, new
+  connections get a 503 `shutting_down` until the open ones are done.
+
+`serve` is hypercorn.trio.run.worker_serve cut down to what the daemon uses (plain TCP, one
+worker, no QUIC/SSL/max_requests) with its own connection handler; it uses hypercorn's TCPServer,
+Lifespan and WorkerContext (internal modules, stable from 0.14 to 0.18; tests/http/test_connections.py
+goes through them, so an upgrade that moves them fails there first).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+import trio
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr
+
+from sage_daemon.core.config import HttpConfig
+
+logger = logging.getLogger("sage.http.connections")
+
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+# Descriptors the daemon needs besides its HTTP connections: model files, the job store, RPC
+# clients, log files, refusals in progress.
+FD_RESERVE = 1024
+HEAD_TIMEOUT_S = 1.0  # how long a refused connection may take to send its request head
+LINGER_S = 2.0  # how long a refused connection is read (and discarded) after the answer
+MAX_HEAD = 64 * 1024
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def hypercorn_config(http: HttpConfig, drain_grace_s: float, bind: str) -> Config:
+    """hypercorn's Config for the HTTP door; `bind` is e.g. `fd://7` or `127.0.0.1:8888`."""
+    hyper = Config()
+    hyper.bind = [bind]
+    hyper.backlog = http.backlog  # hypercorn calls listen() again with this (its default: 100)
+    hyper.keep_alive_timeout = http.keep_alive_timeout_s
+    hyper.graceful_timeout = drain_grace_s
+    hyper.accesslog = None
+    hyper.errorlog = logging.getLogger("sage.http.server")
+    return hyper
+
+
+def check_somaxconn(backlog: int, path: Path = SOMAXCONN) -> str | None:
+    """A warning line when the kernel caps the listen backlog below `backlog` (Linux silently
+    truncates listen()'s argument to net.core.somaxconn); None when it does not or cannot tell."""
+    try:
+        limit = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if limit >= backlog:
+        return None
+    return (
+        f"the kernel caps the HTTP listen backlog at {limit} (net.core.somaxconn), below http.backlog = {backlog}: "
+        f"bursts of more than {limit} new connections can be reset; raise it with `sysctl -w net.core.somaxconn={backlog}`"
+    )
+
+
+def raise_nofile_limit(max_connections: int) -> str | None:
+    """Raise the soft limit on open files to what `max_connections` needs (up to the hard limit);
+    a warning line when the hard limit is lower, since past it accept() fails with EMFILE and new
+    connections wait in the backlog instead of getting the 503."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + FD_RESERVE
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        return (
+            f"the open-files limit is {soft}, below http.max_connections = {max_connections} plus {FD_RESERVE} for the rest: "
+            f"lower http.max_connections to {max(1, soft - FD_RESERVE)} or raise LimitNOFILE / ulimit -n"
+        )
+    return None
+
+
+# -- the ASGI side ---------------------------------------------------------------------------
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+class DoorApp:
+    """ASGI wrapper around the Quart app: the connection closes where it must, and the close
+    is not cut short (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, draining: Callable[[], bool] = lambda: False):
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers") or []
+        # RFC 9112 §6.1: both framings given → answer, then close (h11 would keep the connection
+        # and read whatever follows the chunked body as the next request).
+        smuggling = _header(headers, b"content-length") is not None and _header(headers, b"transfer-encoding") is not None
+        finishing: trio.Event | None = None
+
+        async def door_send(message: Message) -> None:
+            nonlocal finishing
+            kind = message["type"]
+            if kind == "http.response.start" and (smuggling or self.draining()):
+                out = list(message.get("headers") or [])
+                if (_header(out, b"connection") or b"").lower() != b"close":
+                    out = [(k, v) for k, v in out if k.lower() != b"connection"] + [(b"connection", b"close")]
+                message = {**message, "headers": out}
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                # hypercorn sends http.disconnect and then closes the connection, all inside
+                # this call; door_receive holds the disconnect back until the call is over.
+                finishing = trio.Event()
+                try:
+                    await send(message)
+                finally:
+                    finishing.set()
+                return
+            await send(message)
+
+        async def door_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and finishing is not None:
+                await finishing.wait()
+            return message
+
+        await self.app(scope, door_receive, door_send)
+
+
+# -- the connection side ---------------------------------------------------------------------
+
+
+def refusal_bytes(status: int, reason: str, message: str, code: str, retry_after_s: int) -> bytes:
+    body = msgspec.json.encode({"error": {"message": message, "type": "server_error", "param": None, "code": code}})
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"retry-after: {retry_after_s}\r\nconnection: close\r\nserver: sage-daemon\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class _TCPServer(TCPServer):
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The read side is over (the client closed, reset, or we closed). hypercorn would now
+        # wait for the keep-alive timer and the app task before closing: the socket would sit
+        # in CLOSE-WAIT meanwhile. The app has been sent http.disconnect already; close now.
+        await self.idle_task.stop()
+        await self._close()
+
+
+class ConnectionDoor:
+    """Counts open connections and hands each to hypercorn's TCPServer, or refuses it."""
+
+    def __init__(self, app: Any, config: Config, context: WorkerContext, state: ConnectionState, max_connections: int):
+        self.app = app
+        self.config = config
+        self.context = context
+        self.state = state
+        self.max_connections = max_connections
+        self.open = 0
+        self.refused = 0
+        self.draining = False
+        self._idle = trio.Event()
+        self._idle.set()
+        self._too_many = refusal_bytes(
+            503, "Service Unavailable", f"the server has {max_connections} open connections (http.max_connections); retry shortly",
+            "too_many_connections", 1,
+        )
+        self._shutting_down = refusal_bytes(503, "Service Unavailable", "the daemon is shutting down", "shutting_down", 5)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        if self.draining:
+            await self.refuse(stream, self._shutting_down)
+            return
+        if self.open >= self.max_connections:
+            await self.refuse(stream, self._too_many)
+            return
+        self.open += 1
+        self._idle = trio.Event() if self.open == 1 else self._idle
+        try:
+            # hypercorn's annotation says SSLStream; a plain SocketStream is its non-TLS path.
+            await _TCPServer(self.app, self.config, self.context, self.state, cast(Any, stream)).run()
+        finally:
+            self.open -= 1
+            if self.open == 0:
+                self._idle.set()
+
+    async def refuse(self, stream: trio.SocketStream, answer: bytes) -> None:
+        """Read the request head (briefly), answer, then read until the client closes before
+        closing: closing with unread bytes in the receive queue would make the kernel send a
+        reset, which is what the refusal is there to avoid."""
+        self.refused += 1
+        try:
+            with trio.move_on_after(HEAD_TIMEOUT_S):
+                seen = b""
+                while b"\r\n\r\n" not in seen and len(seen) < MAX_HEAD:
+                    data = await stream.receive_some(MAX_HEAD)
+                    if not data:
+                        break
+                    seen += data
+            with trio.move_on_after(HEAD_TIMEOUT_S):
+                await stream.send_all(answer)
+                await stream.send_eof()
+            with trio.move_on_after(LINGER_S):
+                while await stream.receive_some(MAX_HEAD):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await stream.aclose()
+
+    async def accept(self, listener: trio.SocketListener, handler_nursery: trio.Nursery) -> None:
+        """trio.serve_listeners without its closing of the listener on the way out (the drain
+        goes on accepting on it) and with a quieter log when out of descriptors."""
+        warned_at = -1e9
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                # New connections wait in the backlog meanwhile; raise_nofile_limit says how to avoid it.
+                if trio.current_time() - warned_at > 10:
+                    warned_at = trio.current_time()
+                    logger.warning("accept failed (%s): out of descriptors with %d connections open", errno.errorcode[exc.errno], self.open)
+                await trio.sleep(0.1)
+                continue
+            handler_nursery.start_soon(self._run, stream)
+
+    async def _run(self, stream: trio.SocketStream) -> None:
+        try:
+            await self.handle(stream)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def refuse_until_idle(self, listeners: list[trio.SocketListener]) -> None:
+        """During the drain: keep accepting, and answer each new connection with a 503, until
+        the open connections are done (then the server returns and the listener closes)."""
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self.accept, listener, nursery)
+            await self._idle.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def serve(
+    app: ASGIApp,
+    config: Config,
+    *,
+    max_connections: int,
+    shutdown_trigger: Callable[[], Awaitable[Any]],
+    task_status: trio.TaskStatus[ConnectionDoor] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` (wrapped in DoorApp here) like hypercorn.trio.serve, plain HTTP binds only,
+    with the connection cap. Started with nursery.start, it reports the ConnectionDoor (its
+    counts are live)."""
+    door_ref: list[ConnectionDoor] = []
+    wrapped = ASGIWrapper(cast(Any, DoorApp(app, draining=lambda: bool(door_ref) and door_ref[0].draining)))
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        sockets = config.create_sockets()
+        if sockets.secure_sockets or sockets.quic_sockets:
+            raise ValueError("sage_daemon.http.connections.serve serves plain HTTP binds only")
+        listeners = []
+        for sock in sockets.insecure_sockets:
+            sock.listen(config.backlog)
+            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+            await config.log.info(f"Running on http://{repr_socket_addr(sock.family, sock.getsockname())}")
+        door = ConnectionDoor(wrapped, config, context, ConnectionState(lifespan_state.copy()), max_connections)
+        door_ref.append(door)
+        try:
+            async with trio.open_nursery() as server_nursery:
+                task_status.started(door)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(raise_shutdown, shutdown_trigger)
+                        for listener in listeners:
+                            nursery.start_soon(door.accept, listener, server_nursery)
+                        await trio.sleep_forever()
+                except BaseExceptionGroup as error:
+                    _, other = error.split(ShutdownError)
+                    if other is not None:
+                        raise other
+                finally:
+                    # As hypercorn: open connections finish their request (idle ones close now)
+                    # within the grace; meanwhile new ones are answered, not left in the backlog.
+                    await context.terminated.set()
+                    door.draining = True
+                    server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+                    server_nursery.start_soon(door.refuse_until_idle, listeners)
+        finally:
+            for listener in listeners:
+                await listener.aclose()
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
