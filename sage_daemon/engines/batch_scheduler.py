@@ -3,9 +3,12 @@
 In the spirit of vLLM v1's scheduler: it owns the sequences' state (waiting FIFO, slots,
 tokens in each slot's KV cells) and decides, each step, which sequences get admitted into
 which slot (and which cached prefix they reuse), and how the step's token budget is shared
-(one token per decoding sequence first, then prefill chunks in admission order). It does no
-I/O and knows nothing of llama.cpp: it returns KV operations and batch items for the loop
-to apply, so it is unit-tested without a model.
+(one token per decoding sequence first, then prefill chunks in admission order). After a step
+it applies the sampled tokens (`update_from_output`) and the stop rule (an end-of-generation
+token unless `ignore_eos`, `max_tokens`), and it decides which steps a newly arrived
+interactive request may cut short (`StepPlan.preemptible`). It does no I/O and knows nothing
+of llama.cpp or of text (stop strings stay with the loop, which decodes the text): it returns
+KV operations and batch items for the loop to apply, so it is unit-tested without a model.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +29,11 @@ from .prefix_cache import PrefixIndex, as_token_array
 # tokens while none of its output has come out (held-back bytes or a stop-string prefix): bounded,
 # so batch work always moves.
 URGENT_OUTPUT_TOKENS = 8
+
+# Background steps cut short in a row before one runs regardless (see `BatchScheduler._preemptible`).
+MAX_ABORTS_IN_A_ROW = 3
+
+StopReason = Literal["stop", "length"]  # the ends the scheduler decides (stop strings: the loop)
 
 
 class SeqStatus(enum.Enum):
@@ -38,7 +48,7 @@ class Sequence:
     """One request's token state. `payload` is the loop's own per-request data (sampler, channel...)."""
 
     prompt: npt.NDArray[np.int32]
-    max_tokens: int
+    max_tokens: int  # the stop rule ends it with "length" once it has sampled this many tokens
     payload: object = None
     seq_no: int = 0
     status: SeqStatus = SeqStatus.WAITING
@@ -49,6 +59,8 @@ class Sequence:
     n_output_fed: int = 0  # sampled tokens already decoded into the KV cells
     background: bool = False  # batch work: it sits out the steps an interactive first token waits for
     answered: bool = False  # the loop has handed out output (or the end) for it: its first token is out
+    ignore_eos: bool = False  # an end-of-generation token does not end it (the sampler never draws one either)
+    finish_reason: StopReason | None = None  # set by update_from_output when the stop rule ended it
 
     @property
     def prompt_len(self) -> int:
@@ -91,6 +103,8 @@ class StepPlan:
     kv_ops: list[KvOp]
     items: list[BatchItem]
     admitted: list[Sequence]
+    sampling: list[Sequence] = field(default_factory=list)  # the sequences that get logits, in batch order
+    preemptible: bool = False  # an interactive arrival may cut this step short (abort the decode)
 
     @property
     def n_tokens(self) -> int:
@@ -114,6 +128,7 @@ class BatchScheduler:
         min_reuse_tokens: int | None = None,
         prefix_reuse: bool = True,
         idle_cache_tokens: int | None = None,
+        eog_tokens: Iterable[int] = (),
     ):
         if n_slots < 1 or token_budget < 1:
             raise ValueError("n_slots and token_budget must be >= 1")
@@ -130,6 +145,8 @@ class BatchScheduler:
         # most recently finished slot is kept whatever its size (the next turn of the chat that
         # just ended is the likeliest reuse) and does not count against the budget.
         self.idle_cache_tokens = idle_cache_tokens
+        self.eog_tokens = frozenset(eog_tokens)  # end-of-generation tokens: they stop a sequence
+        self.aborts_in_a_row = 0  # steps cut short since the last one that ran
         self._clock = itertools.count()
         self._seq_numbers = itertools.count()
 
@@ -202,8 +219,26 @@ class BatchScheduler:
         return seqs
 
     def on_sampled(self, seq: Sequence, token: int) -> None:
-        """The loop sampled `token` for `seq` after this step; it is fed at the next step."""
+        """Record `token` as sampled for `seq` (fed at the next step), without the stop rule."""
         seq.output.append(token)
+
+    def update_from_output(self, plan: StepPlan, sampled: list[int]) -> list[KvOp]:
+        """The step of `plan` ran; `sampled[i]` is the token drawn for `plan.sampling[i]`, or -1
+        where the loop failed that sequence (it finished it already). Records each token and
+        applies the stop rule (`stop_reason`): a sequence it ends gets `finish_reason` and its
+        slot goes idle. Returns the KV operations of those slots, for the loop to apply."""
+        self.aborts_in_a_row = 0
+        ops: list[KvOp] = []
+        for seq, token in zip(plan.sampling, sampled):
+            if token < 0 or seq.status is SeqStatus.FINISHED:
+                continue
+            reason = stop_reason(seq, token, self.eog_tokens)
+            if reason != "stop":  # an end-of-generation token is not part of the output
+                seq.output.append(token)
+            if reason is not None:
+                seq.finish_reason = reason
+                ops += self.finish(seq)
+        return ops
 
     # -- the step ----------------------------------------------------------------------
 
@@ -216,8 +251,13 @@ class BatchScheduler:
                 break
             admitted.append(self.waiting.popleft())
             kv_ops.extend(ops)
+        items, sampling = self._fill_budget()
+        return StepPlan(kv_ops=kv_ops, items=items, admitted=admitted, sampling=sampling, preemptible=self._preemptible(items))
 
+    def _fill_budget(self) -> tuple[list[BatchItem], list[Sequence]]:
+        """The step's batch items (and the sequences that get logits) within the token budget."""
         items: list[BatchItem] = []
+        sampling: list[Sequence] = []
         budget = self.token_budget
         # While an interactive request waits for its first output, background sequences sit the
         # steps out: its prefill and the few decode steps before text comes out (a character spread
@@ -231,6 +271,7 @@ class BatchScheduler:
             if seq.status is SeqStatus.DECODE and seq.n_output_fed < len(seq.output):
                 pos = seq.prompt_len + seq.n_output_fed
                 items.append(BatchItem(seq, [seq.output[seq.n_output_fed]], pos, True))
+                sampling.append(seq)
                 seq.n_output_fed += 1
                 budget -= 1
         # Then prefill chunks, oldest admission first, within what is left of the budget.
@@ -245,13 +286,25 @@ class BatchScheduler:
             done = seq.n_computed == seq.prompt_len
             items.append(BatchItem(seq, seq.prompt[start : start + n], start, done))
             if done:
+                sampling.append(seq)
                 seq.status = SeqStatus.DECODE
             budget -= n
-        return StepPlan(kv_ops=kv_ops, items=items, admitted=admitted)
+        return items, sampling
+
+    def _preemptible(self, items: list[BatchItem]) -> bool:
+        """Only a background step of decode tokens may be cut short: redoing it costs one decode
+        step, while a thrown-away prefill chunk could cost seconds, again and again under a stream
+        of interactive arrivals. A few aborts in a row at most: background work moves."""
+        return (
+            bool(items)
+            and self.aborts_in_a_row < MAX_ABORTS_IN_A_ROW
+            and all(item.seq.background and item.start_pos >= item.seq.prompt_len for item in items)
+        )
 
     def unschedule(self, plan: StepPlan) -> None:
         """The step of `plan` did not run (llama.cpp aborted it and dropped its cells): its tokens
         go again in the next step. Admissions and KV operations stand (they were applied)."""
+        self.aborts_in_a_row += 1
         for item in plan.items:
             seq = item.seq
             if item.start_pos >= seq.prompt_len:  # a decode token
@@ -315,3 +368,13 @@ class BatchScheduler:
         self.running[slot] = seq
         if slot in self.idle:  # pragma: no cover - callers remove it first
             del self.idle[slot]
+
+
+def stop_reason(seq: Sequence, token: int, eog_tokens: frozenset[int]) -> StopReason | None:
+    """The stop rule, for `token` just sampled for `seq`: "stop" for an end-of-generation token
+    (unless the request ignores them), "length" once `max_tokens` are sampled, else None."""
+    if token in eog_tokens and not seq.ignore_eos:
+        return "stop"
+    if len(seq.output) + 1 >= seq.max_tokens:
+        return "length"
+    return None

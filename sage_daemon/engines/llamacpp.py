@@ -7,8 +7,14 @@ every live sequence: a token each for the decoding ones, then prefill chunks (at
 and leave at any step. The scheduling decisions live in `BatchScheduler` (no model needed
 to test them); this module applies them to llama.cpp and streams results to trio.
 
-Trio side: `generate()` tokenizes, checks the context, submits to the loop and yields chunks
-from a memory channel. The loop hands each step's chunks to trio in one
+Each step of the loop: the scheduler plans it (admissions, KV operations, batch items, whether
+it may be cut short) → the loop applies the KV operations, fills the batch, decodes, samples →
+the scheduler applies the sampled tokens and the stop rule (`update_from_output`) → the loop
+turns tokens into text (stop strings) and delivers. A failure while sampling or finishing one
+sequence fails that sequence alone; only a failed `llama_decode` stops the engine.
+
+Trio side: `prepare()` (on a worker thread) tokenizes and checks the request once;
+`generate()` submits a prepared request to the loop and yields chunks from a memory channel. The loop hands each step's chunks to trio in one
 `TrioToken.run_sync_soon` call (non-blocking: the loop never waits for a consumer; each
 channel's buffer is sized so it cannot fill up). Closing or cancelling the consumer sends a
 cancel to the loop, which drops the sequence and clears its KV cells at the next step.
@@ -40,18 +46,20 @@ from .base import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,
-    InvalidSamplingError,
+    InvalidRequestError,
     NullGate,
     SamplingParams,
     StepGate,
     TokenLogprob,
     TopLogprob,
 )
-from .batch_scheduler import BatchScheduler, KvCopy, KvOp, KvTrim, Sequence
+from .batch_scheduler import MAX_ABORTS_IN_A_ROW, BatchScheduler, KvCopy, KvOp, KvTrim, Sequence, StepPlan
 from .text_stream import StopStringMatcher, Utf8StreamDecoder
 
 if TYPE_CHECKING:
     from .llamacpp_sampling import Sampler
+
+__all__ = ["MAX_ABORTS_IN_A_ROW", "LlamaCppEngine", "LlamaCppSpec", "llama_cpp_uses_openmp"]
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +139,7 @@ class _Stream:
     trio_token: trio.lowlevel.TrioToken
     background: bool = False  # its steps may be cut short for an interactive arrival
     seq: Sequence = field(init=False)
-    sampler: object = None  # llamacpp_sampling.Sampler, made on the loop thread at admission
+    sampler: Sampler | None = None  # made on the loop thread when the submit arrives
     decoder: Utf8StreamDecoder = field(default_factory=Utf8StreamDecoder)
     stop: StopStringMatcher = field(init=False)
     unsent_token_ids: list[int] = field(default_factory=list)
@@ -142,7 +150,9 @@ class _Stream:
 
     def __post_init__(self) -> None:
         self.stop = StopStringMatcher(self.sampling.stop)
-        self.seq = Sequence(prompt=self.prompt_tokens, max_tokens=self.sampling.max_tokens, payload=self, background=self.background)
+        self.seq = Sequence(
+            prompt=self.prompt_tokens, max_tokens=self.sampling.max_tokens, payload=self, background=self.background, ignore_eos=self.sampling.ignore_eos
+        )
 
     def chunk(self, text: str, finish_reason: FinishReason | None = None, error: str | None = None) -> GenerationChunk:
         ids, self.unsent_token_ids = tuple(self.unsent_token_ids), []
@@ -278,7 +288,7 @@ class _Model:
             buf = (self.lib.llama_token * capacity)()
             n = self.lib.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
             if n < 0:
-                raise ValueError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+                raise InvalidRequestError(f"llama.cpp could not tokenize a text of {len(data)} bytes", param="prompt")
         return np.array(buf[:n], dtype=np.int32)
 
     def free(self) -> None:
@@ -293,9 +303,6 @@ class _Model:
             self.model = None
 
 
-MAX_ABORTS_IN_A_ROW = 3  # background steps cut short in a row before one runs regardless
-
-
 def _token_logprob(model: _Model, sampler: Sampler, token: int) -> TokenLogprob:
     def text_and_bytes(token_id: int) -> tuple[str, tuple[int, ...]]:
         piece = model.piece(token_id)
@@ -303,15 +310,6 @@ def _token_logprob(model: _Model, sampler: Sampler, token: int) -> TokenLogprob:
 
     logprob, top = sampler.logprobs_of(token)
     return TokenLogprob(*text_and_bytes(token), logprob, tuple(TopLogprob(*text_and_bytes(i), lp) for i, lp in top))
-
-
-def _check_sampling(model: _Model, sampling: SamplingParams) -> None:
-    """A client's settings this model cannot take: ValueError (a 400) before anything is queued."""
-    if sampling.max_tokens < 1:
-        raise ValueError("max_tokens must be >= 1")
-    outside = [token for token, _ in sampling.logit_bias if not 0 <= token < model.n_vocab]
-    if outside:
-        raise InvalidSamplingError(f"logit_bias token ids must be in [0, {model.n_vocab}) for this model; got {outside[0]}", "logit_bias")
 
 
 class LlamaCppEngine:
@@ -347,7 +345,6 @@ class LlamaCppEngine:
         self._decode_steps = 0
         self._preempted_steps = 0
         self._preemptible_step = False  # a step of background decode tokens only is running (guarded by _cond)
-        self._aborts_in_a_row = 0
         self._slots_busy = 0
         self._waiting = 0
         self._idle_slots = 0
@@ -383,6 +380,7 @@ class LlamaCppEngine:
                 self.spec.prefix_block_size,
                 prefix_reuse=self.spec.prefix_reuse,
                 idle_cache_tokens=self._idle_cache_budget(model),
+                eog_tokens=model.eog_set,
             )
             with self._cond:
                 self._inbox = []
@@ -497,17 +495,24 @@ class LlamaCppEngine:
                 f"model {self.name!r} has no chat template (no tokenizer.chat_template in its GGUF) "
                 "and no chat_format is configured: use a completion request, or set chat_format for this model"
             )
-        result = formatter(messages=[{"role": m.role, "content": m.content} for m in messages])  # type: ignore[operator]
+        import jinja2
+
+        try:
+            result = formatter(messages=[{"role": m.role, "content": m.content} for m in messages])  # type: ignore[operator]
+        except jinja2.TemplateError as exc:  # the template's raise_exception: roles out of order...
+            raise InvalidRequestError(f"the chat template of {self.name!r} refused the messages: {exc}", param="messages") from exc
         return result.prompt
 
     def _prompt_tokens(self, model: _Model, request: GenerationRequest) -> npt.NDArray[np.int32]:
         given = sum(x is not None for x in (request.prompt, request.messages, request.prompt_tokens))
         if given != 1:
-            raise ValueError("a generation request needs exactly one of prompt, messages, prompt_tokens")
+            raise InvalidRequestError("a generation request needs exactly one of prompt, messages, prompt_tokens", param="prompt")
         if request.prompt_tokens is not None:
-            tokens = np.asarray(request.prompt_tokens, dtype=np.int32)
-            if len(tokens) and (tokens.min() < 0 or tokens.max() >= model.n_vocab):
-                raise ValueError(f"prompt token ids must be in [0, {model.n_vocab})")
+            # Checked as Python ints: an id beyond int32 must be refused, not overflow the conversion.
+            ids = request.prompt_tokens
+            if ids and not all(isinstance(t, int) and 0 <= t < model.n_vocab for t in ids):
+                raise InvalidRequestError(f"prompt token ids must be in [0, {model.n_vocab})", param="prompt")
+            tokens = np.asarray(ids, dtype=np.int32)
         elif request.messages is not None:
             text = self.render_chat(request.messages)
             bos_text = model.token_text(model.bos)
@@ -519,43 +524,45 @@ class LlamaCppEngine:
             tokens = model.tokenize(request.prompt, True, True)
         if len(tokens) == 0:
             if model.bos < 0:
-                raise ValueError("the prompt is empty and the model has no BOS token to start from")
+                raise InvalidRequestError("the prompt is empty and the model has no BOS token to start from", param="prompt")
             tokens = np.array([model.bos], dtype=np.int32)
         return tokens
 
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
-        """Validate and tokenize before the request is queued: the same request with prompt_tokens.
+        """Validate and tokenize before the request is queued: the same request with prompt_tokens
+        and its sampling values in the form the decode loop passes to C (`check_sampling`).
 
-        Raises ContextOverflowError, ChatTemplateMissingError or ValueError (a client's 400),
-        EngineError if the engine is not serving.
+        The one place a request is checked: `generate` trusts what this returns. Raises
+        InvalidRequestError (ContextOverflowError, ChatTemplateMissingError, InvalidSamplingError)
+        for a client's mistake, EngineError (a 503) if the engine is not serving. Blocking.
         """
+        from .llamacpp_sampling import check_sampling
+
         model = self._require_model()
-        _check_sampling(model, request.sampling)
+        sampling = check_sampling(request.sampling, model.n_vocab)
         tokens = self._prompt_tokens(model, request)
-        if len(tokens) + request.sampling.max_tokens > self.n_ctx:
-            raise ContextOverflowError(len(tokens), request.sampling.max_tokens, self.n_ctx)
-        return msgspec.structs.replace(request, prompt=None, messages=None, prompt_tokens=tuple(tokens.tolist()))
+        if len(tokens) + sampling.max_tokens > self.n_ctx:
+            raise ContextOverflowError(len(tokens), sampling.max_tokens, self.n_ctx)
+        return msgspec.structs.replace(request, sampling=sampling, prompt=None, messages=None, prompt_tokens=tuple(tokens.tolist()))
 
     # -- generation ----------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream a generation; closing the generator or cancelling its consumer frees the slot.
+        """Stream the generation of a request returned by `prepare`; closing the generator or
+        cancelling its consumer frees the slot.
 
-        Raises (at the first iteration, before anything is queued) ContextOverflowError,
-        ChatTemplateMissingError, ValueError for bad requests, EngineError if not serving.
+        Raises (at the first iteration, before anything is queued) EngineError if not serving,
+        ValueError for a request that did not go through `prepare` (a caller's bug).
         """
-        model = self._require_model()
+        if request.prompt_tokens is None or request.prompt is not None or request.messages is not None:
+            raise ValueError(f"generate() takes a request returned by prepare(); {request.request_id!r} was not prepared")
         sampling = request.sampling
-        _check_sampling(model, sampling)
-        prompt_tokens = self._prompt_tokens(model, request)
-        if len(prompt_tokens) + sampling.max_tokens > self.n_ctx:
-            raise ContextOverflowError(len(prompt_tokens), sampling.max_tokens, self.n_ctx)
         # At most one chunk per sampled token, plus the final one: the loop never meets a full buffer.
         send, receive = trio.open_memory_channel[GenerationChunk](sampling.max_tokens + 2)
         stream = _Stream(
             request_id=request.request_id,
             sampling=sampling,
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=np.asarray(request.prompt_tokens, dtype=np.int32),
             send=send,
             trio_token=trio.lowlevel.current_trio_token(),
             background=request.background,
@@ -627,76 +634,84 @@ class LlamaCppEngine:
         scheduler = self._scheduler
         assert model is not None and scheduler is not None
         while True:
-            with self._cond:
-                while not self._inbox and not scheduler.has_work() and not self._stopping:
-                    self._cond.wait()  # idle: sleep until a submit, cancel or stop
-                if self._stopping:
-                    return
-                commands, self._inbox = self._inbox, []
+            commands = self._next_commands(scheduler)
+            if commands is None:
+                return
             self._apply_commands(model, scheduler, commands)
-            if not scheduler.has_work():
+            if scheduler.has_work():
+                self._step(model, scheduler)
+            else:
                 self._publish(scheduler)
-                continue
 
-            plan = scheduler.schedule()
-            for seq in plan.admitted:
-                self._start_stream(model, seq.payload)  # type: ignore[arg-type]
-            self._apply_kv_ops(model, plan.kv_ops)
-            self._publish(scheduler)
-            if not plan.items:
-                continue
+    def _next_commands(self, scheduler: BatchScheduler) -> list[_Command] | None:
+        """The commands that came in; waits for one while there is nothing to do. None: stop."""
+        with self._cond:
+            while not self._inbox and not scheduler.has_work() and not self._stopping:
+                self._cond.wait()  # idle: sleep until a submit, cancel or stop
+            if self._stopping:
+                return None
+            commands, self._inbox = self._inbox, []
+        return commands
 
-            # Fill the one reusable batch.
-            n = 0
-            outputs: list[tuple[_Stream, int]] = []
-            token_view, pos_view, logits_view, seq_ids = model.batch_token, model.batch_pos, model.batch_logits, model.batch_seq_ids
-            for item in plan.items:
-                k = len(item.tokens)
-                slot = item.seq.slot
-                token_view[n : n + k] = item.tokens
-                pos_view[n : n + k] = np.arange(item.start_pos, item.start_pos + k, dtype=np.int32)
-                logits_view[n : n + k] = 0
-                for i in range(n, n + k):
-                    seq_ids[i][0] = slot
-                if item.wants_logits:
-                    logits_view[n + k - 1] = 1
-                    outputs.append((item.seq.payload, n + k - 1))  # type: ignore[arg-type]
-                n += k
-            model.batch.n_tokens = n
+    def _step(self, model: _Model, scheduler: BatchScheduler) -> None:
+        """One step: schedule → KV ops → fill batch → decode → sample → update → deliver."""
+        plan = scheduler.schedule()
+        self._count_admitted(plan)
+        self._apply_kv_ops(model, plan.kv_ops)
+        self._publish(scheduler)
+        if not plan.items:
+            return
+        logit_rows = self._fill_batch(model, plan)
+        if not self._decode_step(model, plan):  # preempted: llama.cpp dropped the step's cells; the tokens go again
+            scheduler.unschedule(plan)
+            self._preempted_steps += 1
+            return
+        self._decode_steps += 1
+        outbox: list[tuple[_Stream, GenerationChunk]] = []
+        sampled = self._sample(model, scheduler, plan, logit_rows, outbox)
+        self._apply_kv_ops(model, scheduler.update_from_output(plan, sampled))
+        self._emit(model, scheduler, plan, sampled, outbox)
+        self._publish(scheduler)  # before delivering: a caller that saw its final chunk sees its slot freed
+        self._deliver(outbox)
 
-            # Only a background step of decode tokens may be cut short: redoing it costs one decode
-            # step, while a thrown-away prefill chunk could cost seconds, again and again under a
-            # stream of interactive arrivals. A few aborts in a row at most: background work moves.
-            preemptible = (
-                self._aborts_in_a_row < MAX_ABORTS_IN_A_ROW
-                and all(item.seq.background and item.start_pos >= item.seq.prompt_len for item in plan.items)
-            )
+    def _fill_batch(self, model: _Model, plan: StepPlan) -> list[int]:
+        """Write the plan's items into the one reusable batch: the batch rows that get logits,
+        aligned with `plan.sampling`."""
+        n = 0
+        logit_rows: list[int] = []
+        token_view, pos_view, logits_view, seq_ids = model.batch_token, model.batch_pos, model.batch_logits, model.batch_seq_ids
+        for item in plan.items:
+            k = len(item.tokens)
+            slot = item.seq.slot
+            token_view[n : n + k] = item.tokens
+            pos_view[n : n + k] = np.arange(item.start_pos, item.start_pos + k, dtype=np.int32)
+            logits_view[n : n + k] = 0
+            for i in range(n, n + k):
+                seq_ids[i][0] = slot
+            if item.wants_logits:
+                logits_view[n + k - 1] = 1
+                logit_rows.append(n + k - 1)
+            n += k
+        model.batch.n_tokens = n
+        return logit_rows
+
+    def _decode_step(self, model: _Model, plan: StepPlan) -> bool:
+        """Decode the filled batch; an interactive submit may abort it when the scheduler marked it
+        preemptible (`_post` reads the flag). False when it was cut short."""
+        with self._cond:
+            model.abort_flag[0] = 0
+            self._preemptible_step = plan.preemptible
+        try:
+            return self._decode_batch(model, model.batch.n_tokens)
+        finally:
             with self._cond:
-                model.abort_flag[0] = 0
-                self._preemptible_step = preemptible
-            try:
-                completed = self._decode_batch(model, n)
-            finally:
-                with self._cond:
-                    self._preemptible_step = False
-            if not completed:  # preempted: llama.cpp dropped the step's cells; the tokens go again
-                scheduler.unschedule(plan)
-                self._preempted_steps += 1
-                self._aborts_in_a_row += 1
-                continue
-            self._aborts_in_a_row = 0
-            self._decode_steps += 1
-
-            outbox: list[tuple[_Stream, GenerationChunk]] = []
-            for stream, batch_index in outputs:
-                token = stream.sampler.sample(model.ctx, batch_index)  # type: ignore[attr-defined]
-                self._on_token(model, scheduler, stream, token, outbox)
-            self._publish(scheduler)  # before delivering: a caller that saw its final chunk sees its slot freed
-            self._deliver(outbox)
+                self._preemptible_step = False
 
     def _decode_batch(self, model: _Model, n_tokens: int) -> bool:
         """One llama_decode of the filled batch, holding the step gate only for its duration.
-        False when the step was aborted (abort_flag) before it finished."""
+        False when the step was aborted (abort_flag) before it finished. Raising here (a failed
+        llama_decode) is the one failure that stops the engine: the cells of every sequence are
+        then in doubt."""
         if model.abort_flag[0]:
             return False
         self._gate.acquire()
@@ -712,20 +727,60 @@ class LlamaCppEngine:
             raise EngineError(f"llama_decode failed with code {rc} on a batch of {n_tokens} tokens")
         return True
 
+    def _sample(
+        self, model: _Model, scheduler: BatchScheduler, plan: StepPlan, logit_rows: list[int], outbox: list[tuple[_Stream, GenerationChunk]]
+    ) -> list[int]:
+        """A token for each sequence of `plan.sampling` (-1 for one whose sampling failed: that
+        sequence alone ends with an error)."""
+        sampled: list[int] = []
+        for seq, row in zip(plan.sampling, logit_rows):
+            stream: _Stream = seq.payload  # type: ignore[assignment]
+            try:
+                sampled.append(stream.sampler.sample(model.ctx, row))  # type: ignore[union-attr]
+            except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the batch
+                self._fail_one(model, scheduler, stream, exc, outbox)
+                sampled.append(-1)
+        return sampled
+
+    def _emit(
+        self, model: _Model, scheduler: BatchScheduler, plan: StepPlan, sampled: list[int], outbox: list[tuple[_Stream, GenerationChunk]]
+    ) -> None:
+        """Turn each sampled token into its stream's text and chunk (after `update_from_output`)."""
+        for seq, token in zip(plan.sampling, sampled):
+            if token < 0:
+                continue
+            stream: _Stream = seq.payload  # type: ignore[assignment]
+            try:
+                self._on_token(model, scheduler, stream, token, outbox)
+            except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the batch
+                self._fail_one(model, scheduler, stream, exc, outbox)
+
+    def _fail_one(self, model: _Model, scheduler: BatchScheduler, stream: _Stream, exc: Exception, outbox: list[tuple[_Stream, GenerationChunk]]) -> None:
+        """End one stream with an error chunk and free its slot; the others go on."""
+        log.exception("llama.cpp engine %r: request %r failed; the other sequences go on", self.name, stream.request_id)
+        if stream.finished:
+            return
+        stream.finished = True
+        self._apply_kv_ops(model, scheduler.finish(stream.seq))  # nothing if the stop rule finished it already
+        self._close_sampler(stream)
+        outbox.append((stream, stream.chunk("", "error", error=f"generation failed: {type(exc).__name__}: {exc}")))
+
     def _publish(self, scheduler: BatchScheduler) -> None:
         self._slots_busy = scheduler.slots_busy
         self._waiting = len(scheduler.waiting)
         self._idle_slots = len(scheduler.idle)
 
     def _apply_commands(self, model: _Model, scheduler: BatchScheduler, commands: list[_Command]) -> None:
+        outbox: list[tuple[_Stream, GenerationChunk]] = []
         for kind, stream in commands:
             if kind == "submit":
                 self._requests_total += 1
-                scheduler.add(stream.seq)
+                self._start_stream(model, scheduler, stream, outbox)
             elif not stream.finished:  # cancel
                 stream.finished = True
                 self._apply_kv_ops(model, scheduler.finish(stream.seq))
                 self._close_sampler(stream)
+        self._deliver(outbox)
 
     def _apply_kv_ops(self, model: _Model, ops: list[KvOp]) -> None:
         lib = model.lib
@@ -735,20 +790,33 @@ class LlamaCppEngine:
             elif isinstance(op, KvCopy):
                 lib.llama_memory_seq_cp(model.memory, op.src_slot, op.dst_slot, 0, op.n_tokens)
 
-    def _start_stream(self, model: _Model, stream: _Stream) -> None:
+    def _start_stream(self, model: _Model, scheduler: BatchScheduler, stream: _Stream, outbox: list[tuple[_Stream, GenerationChunk]]) -> None:
+        """Make the stream's sampler and queue its sequence; a request that cannot start fails
+        alone, with an error chunk in `outbox`, before it takes a slot."""
         from .llamacpp_sampling import Sampler
 
-        stream.sampler = Sampler(stream.sampling, model.n_vocab, model.eog_tokens)
-        self._prompt_tokens_total += len(stream.prompt_tokens)
-        self._cached_prompt_tokens_total += stream.seq.n_cached
+        try:
+            stream.sampler = Sampler(stream.sampling, model.n_vocab, model.eog_tokens)
+            scheduler.add(stream.seq)
+        except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the batch
+            log.exception("llama.cpp engine %r: request %r could not start", self.name, stream.request_id)
+            stream.finished = True
+            self._close_sampler(stream)
+            outbox.append((stream, stream.chunk("", "error", error=f"generation failed: {type(exc).__name__}: {exc}")))
+
+    def _count_admitted(self, plan: StepPlan) -> None:
+        for seq in plan.admitted:
+            self._prompt_tokens_total += seq.prompt_len
+            self._cached_prompt_tokens_total += seq.n_cached
 
     def _on_token(
         self, model: _Model, scheduler: BatchScheduler, stream: _Stream, token: int, outbox: list[tuple[_Stream, GenerationChunk]]
     ) -> None:
-        if token in model.eog_set and not stream.sampling.ignore_eos:
-            self._finish(model, scheduler, stream, "stop", outbox)
+        """A token the scheduler has recorded (or that ended the sequence: `seq.finish_reason`)."""
+        reason = stream.seq.finish_reason
+        if reason == "stop":  # an end-of-generation token: not part of the output
+            self._finish(stream, "stop", outbox)
             return
-        scheduler.on_sampled(stream.seq, token)
         stream.completion_tokens += 1
         self._generation_tokens_total += 1
         stream.unsent_token_ids.append(token)
@@ -756,23 +824,17 @@ class LlamaCppEngine:
             stream.unsent_logprobs.append(_token_logprob(model, stream.sampler, token))  # type: ignore[arg-type]
         text = stream.decoder.feed(model.piece(token))
         emit, hit_stop = stream.stop.feed(text) if text else ("", False)
-        if hit_stop:
-            self._finish(model, scheduler, stream, "stop", outbox, emit, flush=False)
-        elif stream.completion_tokens >= stream.sampling.max_tokens:
-            self._finish(model, scheduler, stream, "length", outbox, emit)
+        if hit_stop:  # a stop string: the loop's own stop rule (the scheduler never sees text)
+            if reason is None:
+                self._apply_kv_ops(model, scheduler.finish(stream.seq))
+            self._finish(stream, "stop", outbox, emit, flush=False)
+        elif reason == "length":
+            self._finish(stream, "length", outbox, emit)
         elif emit:
             outbox.append((stream, stream.chunk(emit)))
 
-    def _finish(
-        self,
-        model: _Model,
-        scheduler: BatchScheduler,
-        stream: _Stream,
-        reason: FinishReason,
-        outbox: list[tuple[_Stream, GenerationChunk]],
-        text: str = "",
-        flush: bool = True,
-    ) -> None:
+    def _finish(self, stream: _Stream, reason: FinishReason, outbox: list[tuple[_Stream, GenerationChunk]], text: str = "", flush: bool = True) -> None:
+        """The final chunk of a stream whose sequence the scheduler has finished."""
         if flush:  # the stream ended for another reason: release what was held back
             tail, hit_stop = stream.stop.feed(stream.decoder.flush())
             text += tail
@@ -782,7 +844,6 @@ class LlamaCppEngine:
                 text += stream.stop.flush()
         stream.finished = True
         outbox.append((stream, stream.chunk(text, reason)))
-        self._apply_kv_ops(model, scheduler.finish(stream.seq))
         self._close_sampler(stream)
 
     @staticmethod
@@ -806,4 +867,3 @@ class LlamaCppEngine:
                     if not stream.finished:
                         with self._cond:
                             self._inbox.append(("cancel", stream))
-

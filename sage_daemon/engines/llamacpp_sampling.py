@@ -10,15 +10,70 @@ copy of the row, looking only at the tokens near the top.
 from __future__ import annotations
 
 import ctypes
+import math
 import random
 from collections.abc import Sequence
 
 import llama_cpp
+import msgspec
 import numpy as np
 
 from cython_ops import sample_logits
 
-from .base import SamplingParams
+from .base import InvalidSamplingError, SamplingParams
+
+# The ranges of OpenAI's API (and of every door: http/schemas.py, jobs/spec.py): the engine takes
+# no wider ones, so a value that slipped past a door cannot turn the float32 row into inf - inf.
+PENALTY_RANGE = (-2.0, 2.0)
+LOGIT_BIAS_RANGE = (-100.0, 100.0)
+
+
+def _check_float(value: object, param: str, low: float = -math.inf, high: float = math.inf) -> None:
+    try:
+        ok = not isinstance(value, bool) and math.isfinite(value) and low <= value <= high  # type: ignore[arg-type, operator]
+    except (TypeError, OverflowError):  # not a number, or an int beyond a double
+        ok = False
+    if not ok:
+        where = f" in [{low:g}, {high:g}]" if math.isfinite(low) else ""
+        raise InvalidSamplingError(f"{param} must be a finite number{where}; got {value!r}", param)
+
+
+def _check_int(value: object, param: str, low: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or (low is not None and value < low):
+        at_least = f" >= {low}" if low is not None else ""
+        raise InvalidSamplingError(f"{param} must be an integer{at_least}; got {value!r}", param)
+    return value
+
+
+def check_sampling(params: SamplingParams, n_vocab: int) -> SamplingParams:
+    """The settings a model of `n_vocab` tokens can take, in the form the sampler passes to C.
+
+    Raises InvalidSamplingError (a client's 400 naming the field) for a value no model can take;
+    returns `params` with the ones that mean the same as a smaller value brought down to it: a
+    top_k of 0, below 0 or at least the vocabulary keeps every token (0: off, so it fits the C int
+    of `sample_logits` whatever the request said), logprobs beyond the vocabulary list all of it.
+    The seed is any integer (Python's Random takes it whole). Runs once per request, in `prepare`.
+    """
+    _check_int(params.max_tokens, "max_tokens", 1)
+    _check_float(params.temperature, "temperature")  # <= 0: greedy
+    _check_float(params.top_p, "top_p", 0.0, 1.0)
+    _check_float(params.min_p, "min_p", 0.0, 1.0)
+    _check_float(params.presence_penalty, "presence_penalty", *PENALTY_RANGE)
+    _check_float(params.frequency_penalty, "frequency_penalty", *PENALTY_RANGE)
+    if params.seed is not None:
+        _check_int(params.seed, "seed")
+    for token, bias in params.logit_bias:
+        if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < n_vocab:
+            raise InvalidSamplingError(f"logit_bias token ids must be in [0, {n_vocab}) for this model; got {token}", "logit_bias")
+        _check_float(bias, "logit_bias", *LOGIT_BIAS_RANGE)
+    if not all(isinstance(stop, str) for stop in params.stop):
+        raise InvalidSamplingError("stop must be strings", "stop")
+    top_k = _check_int(params.top_k, "top_k")
+    logprobs = params.logprobs if params.logprobs is None else min(_check_int(params.logprobs, "logprobs", 0), n_vocab)
+    top_k = top_k if 0 < top_k < n_vocab else 0
+    if top_k == params.top_k and logprobs == params.logprobs:
+        return params
+    return msgspec.structs.replace(params, top_k=top_k, logprobs=logprobs)
 
 
 class Sampler:
@@ -26,6 +81,8 @@ class Sampler:
 
     def __init__(self, params: SamplingParams, n_vocab: int, eog_tokens: Sequence[int] = ()):
         self._params = params
+        # As check_sampling, again here where the value crosses into C (one compare per request).
+        self._top_k = params.top_k if 0 < params.top_k < n_vocab else 0
         self._row = np.empty(n_vocab, dtype=np.float32)
         self._row_address = self._row.ctypes.data
         self._row_bytes = self._row.nbytes
@@ -87,7 +144,7 @@ class Sampler:
             # As OpenAI (and llama.cpp's penalties sampler) define them: count x frequency, plus presence once.
             row[self._seen_ids] -= self._counts[self._seen_ids] * p.frequency_penalty + p.presence_penalty
         u = self._rng.random() if self._rng is not None else 0.0
-        token = sample_logits(row, p.temperature, p.top_k, p.top_p, p.min_p, u)
+        token = sample_logits(row, p.temperature, self._top_k, p.top_p, p.min_p, u)
         if self._counts is not None:
             if self._counts[token] == 0:
                 self._seen.append(token)

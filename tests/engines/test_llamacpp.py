@@ -87,7 +87,8 @@ async def small_engine(smollm2_path: str) -> AsyncIterator[LlamaCppEngine]:
 
 
 async def collect(engine: LlamaCppEngine, request: GenerationRequest) -> list[GenerationChunk]:
-    return [chunk async for chunk in engine.generate(request)]
+    """As the control plane runs a request: `prepare` once (it raises the client's errors), then `generate`."""
+    return [chunk async for chunk in engine.generate(engine.prepare(request))]
 
 
 def text_of(chunks: list[GenerationChunk]) -> str:
@@ -158,7 +159,7 @@ async def test_identical_prompts_decoded_in_one_batch_give_identical_outputs(eng
     async with trio.open_nursery() as nursery:
         # A running sequence keeps the loop busy; holding the step gate parks it between steps
         # while the four requests queue up, so they are admitted and prefilled in one step.
-        blocker = engine.generate(GenerationRequest(request_id="blocker", prompt="Hello", sampling=SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)))
+        blocker = engine.generate(engine.prepare(GenerationRequest(request_id="blocker", prompt="Hello", sampling=SamplingParams(temperature=0, max_tokens=200, ignore_eos=True))))
         await blocker.__anext__()
         await trio.to_thread.run_sync(gate._lock.acquire)
         try:
@@ -218,7 +219,7 @@ async def test_cancelled_request_frees_its_slot_and_the_engine_serves_the_next(e
     seen = 0
     with trio.move_on_after(30) as scope:
         async for chunk in engine.generate(
-            GenerationRequest(request_id="cancel-me", prompt="Tell me a long story.", sampling=SamplingParams(temperature=0, max_tokens=500, ignore_eos=True))
+            engine.prepare(GenerationRequest(request_id="cancel-me", prompt="Tell me a long story.", sampling=SamplingParams(temperature=0, max_tokens=500, ignore_eos=True)))
         ):
             seen += 1
             if seen == 3:
@@ -231,7 +232,7 @@ async def test_cancelled_request_frees_its_slot_and_the_engine_serves_the_next(e
 
 
 async def test_closing_the_stream_early_frees_the_slot(engine: LlamaCppEngine) -> None:
-    stream = engine.generate(GenerationRequest(request_id="close-me", prompt="Hi", sampling=SamplingParams(max_tokens=300, ignore_eos=True)))
+    stream = engine.generate(engine.prepare(GenerationRequest(request_id="close-me", prompt="Hi", sampling=SamplingParams(max_tokens=300, ignore_eos=True))))
     await stream.__anext__()
     await stream.aclose()
     await wait_until(lambda: engine.stats().slots_busy == 0, timeout=2)
@@ -369,7 +370,7 @@ async def test_streamed_text_never_splits_a_utf8_character(engine: LlamaCppEngin
 
 
 async def test_a_crash_in_the_decode_loop_fails_in_flight_requests_and_shows_in_health(small_engine: LlamaCppEngine) -> None:
-    stream = small_engine.generate(GenerationRequest(request_id="doomed", prompt="Hello", sampling=SamplingParams(max_tokens=200, ignore_eos=True)))
+    stream = small_engine.generate(small_engine.prepare(GenerationRequest(request_id="doomed", prompt="Hello", sampling=SamplingParams(max_tokens=200, ignore_eos=True))))
     first = await stream.__anext__()
     assert first.finish_reason is None
 
@@ -395,7 +396,7 @@ async def test_a_crash_in_the_decode_loop_fails_in_flight_requests_and_shows_in_
 async def test_unload_fails_in_flight_requests_with_a_clear_error(smollm2_path: str) -> None:
     eng = LlamaCppEngine(LlamaCppSpec(name="u", model_path=smollm2_path, n_ctx=512, parallel=2, threads=2))
     await eng.load()
-    stream = eng.generate(GenerationRequest(request_id="x", prompt="Hello", sampling=SamplingParams(max_tokens=400, ignore_eos=True)))
+    stream = eng.generate(eng.prepare(GenerationRequest(request_id="x", prompt="Hello", sampling=SamplingParams(max_tokens=400, ignore_eos=True))))
     await stream.__anext__()
     await eng.unload()
     await eng.unload()  # idempotent
