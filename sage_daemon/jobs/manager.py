@@ -259,7 +259,7 @@ class JobManager:
         await self._flush(live)
         message = f"in {elapsed:.1f} s" if elapsed is not None and state == "succeeded" else ""
         await self._store(self.store.set_state, live.id, state, error, result_location, message)
-        log(logger, logging.INFO if state == "succeeded" else logging.WARNING, "job ended", job=live.id, state=state, error=error or "-")
+        log(logger, logging.INFO if state == "succeeded" else logging.WARNING, "job ended", job=live.id, state=state, uid=live.owner.uid, error=error or "-")
         self.live.pop(live.id, None)
         live.done.set()
         self._notify()

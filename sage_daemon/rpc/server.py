@@ -35,6 +35,12 @@ _PEERCRED = struct.Struct("3i")
 ERROR_CODES: frozenset[str] = frozenset(v for k, v in vars(p.ErrorCode).items() if k.isupper())
 
 
+class ClientGone(Exception):
+    """Sending to the client failed: it went away. Raised only by `_Connection.send`, so a
+    trio.ClosedResourceError from inside a handler (a channel of the plane) is told apart from a
+    closed client socket: the first is a bug answered `internal` and logged, this one is not."""
+
+
 class RpcError(Exception):
     """A typed error for the caller: `code` is a member of protocol.ErrorCode (clients branch on it)."""
 
@@ -189,7 +195,7 @@ class RpcServer:
         self.connections += 1
         try:
             await connection.run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+        except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             pass  # the client went away
         except Exception:
             logger.exception("rpc connection failed")
@@ -209,7 +215,10 @@ class _Connection:
     async def send(self, message: p.Message) -> None:
         data = p.encode_frame(message)
         async with self.send_lock:
-            await self.stream.send_all(data)
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as exc:
+                raise ClientGone(str(exc)) from exc
 
     async def _next_message(self) -> p.Message | None:
         """The next message, None at end of stream. Undecodable frames are answered here and skipped."""
@@ -297,7 +306,7 @@ class _Connection:
                 peer = self.peer
                 log(logger, logging.WARNING, "rpc refused", method=request.method, uid=peer.uid, pid=peer.pid, role=peer.role, reason=exc.message)
             await self.send(p.Error(request.id, exc.rpc_code, exc.message))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except ClientGone:
             raise
         except Exception as exc:  # our bug: log it with the request, answer typed
             logger.exception("rpc handler failed", extra={"fields": {"method": request.method, "id": request.id}})

@@ -138,6 +138,9 @@ async def test_typed_errors_go_out_as_their_protocol_codes(tmp_path: Any, nurser
         # These differ from the HTTP codes ("engine_unavailable", "context_length_exceeded"):
         "models": e.EngineUnavailableError("engine smollm2 died; it restarts"),
         "queue": e.ContextOverflowError(4000, 200, 4096),
+        # A closed channel inside a handler is a bug answered `internal`, not a client gone away
+        # (that used to close the connection without a word).
+        "collection.list": trio.ClosedResourceError("a channel of the plane"),
     }
 
     def raising(exc: Exception) -> Any:
@@ -163,7 +166,7 @@ async def test_typed_errors_go_out_as_their_protocol_codes(tmp_path: Any, nurser
     assert got == {
         "ping": p.ErrorCode.QUEUE_FULL, "status": p.ErrorCode.MODEL_NOT_FOUND, "nodes": p.ErrorCode.INVALID_STATE,
         "ports": p.ErrorCode.NOT_FOUND, "version": p.ErrorCode.DEADLINE_EXCEEDED, "models": p.ErrorCode.UNAVAILABLE,
-        "queue": p.ErrorCode.INVALID_PARAMS,
+        "queue": p.ErrorCode.INVALID_PARAMS, "collection.list": p.ErrorCode.INTERNAL,
     }
     members = {v for k, v in vars(p.ErrorCode).items() if k.isupper()}
     assert set(got.values()) <= members
