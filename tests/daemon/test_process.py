@@ -210,3 +210,41 @@ def test_sagectl_tables_json_and_exit_codes(spawn_daemon: Any, clean_env: Path) 
     gone = run_sagectl("status", socket_path=daemon.socket)
     assert gone.returncode == 3
     assert "the daemon is not running" in gone.stderr and "start it with `sage-daemon`" in gone.stderr
+
+
+def test_sighup_with_an_emptied_config_keeps_the_api_keys(spawn_daemon: Any, clean_env: Path) -> None:
+    """A config file caught empty (or edited to drop every key) must not open the HTTP door on
+    SIGHUP: the reload is refused with a line naming what would change. Saying `api_keys = []`
+    in the file removes them on purpose."""
+    import re
+
+    import httpx
+
+    config = clean_env / "keys.toml"
+    config.write_text("[http]\napi_keys = ['sk-reload-test']\n")
+    daemon: DaemonProcess = spawn_daemon("--config", str(config))
+    url = re.search(r"serving on (http://\S+)", " ".join(daemon.notify.messages))
+    assert url, daemon.notify.messages
+    models = url.group(1) + "/v1/models"
+    assert httpx.get(models).status_code == 401
+    assert httpx.get(models, headers={"Authorization": "Bearer sk-reload-test"}).status_code == 200
+
+    def reload_and_wait(text: str, expect_in_log: str) -> None:
+        before = daemon.output().count(expect_in_log)
+        config.write_text(text)
+        daemon.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while daemon.output().count(expect_in_log) == before:
+            assert time.monotonic() < deadline, f"no {expect_in_log!r} after SIGHUP:\n{daemon.output()[-3000:]}"
+            time.sleep(0.1)
+
+    reload_and_wait("", "config reload refused")
+    assert f"{config} is empty" in daemon.output() and "http.api_keys" in daemon.output()
+    assert httpx.get(models).status_code == 401, "an empty config file removed the API keys"
+
+    reload_and_wait("[daemon]\nlog_level = 'info'\n", "config reload refused")
+    assert "remove every API key" in daemon.output()
+    assert httpx.get(models).status_code == 401
+
+    reload_and_wait("[http]\napi_keys = []\n", "config reloaded")
+    assert httpx.get(models).status_code == 200  # removed on purpose
