@@ -18,10 +18,12 @@ from sage_daemon.engines.base import (
     EngineState,
     GenerationChunk,
     GenerationRequest,
+    InvalidRequestError,
     InvalidSamplingError,
     LLMEngine,
     SamplingParams,
 )
+from sage_daemon.core.errors import EngineUnavailableError
 from sage_daemon.engines.llamacpp import LlamaCppEngine, LlamaCppSpec
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=32)
@@ -405,6 +407,113 @@ async def test_unload_fails_in_flight_requests_with_a_clear_error(smollm2_path: 
     assert eng.health().state is EngineState.STOPPED
     with pytest.raises(EngineError):
         await collect(eng, GenerationRequest(request_id="y", prompt="Hi"))
+
+
+# -- one request cannot hurt another ---------------------------------------------------------------
+
+
+async def test_a_top_k_beyond_the_vocabulary_is_off_and_the_other_streams_go_on(engine: LlamaCppEngine) -> None:
+    # The request of issue 22: top_k = 2**31 once overflowed sample_logits' C int in the decode
+    # loop and killed the engine with every stream on it. A top_k >= the vocabulary keeps every
+    # token: the same as top_k 0 (off), so the same seed draws the same tokens.
+    sampling = SamplingParams(temperature=0.9, seed=11, max_tokens=12, ignore_eos=True)
+    huge = msgspec.structs.replace(sampling, top_k=2147483648)
+    assert engine.prepare(GenerationRequest(request_id="k", prompt=FRANCE, sampling=huge)).sampling.top_k == 0
+    results: dict[str, list[GenerationChunk]] = {}
+
+    async def one(rid: str, s: SamplingParams) -> None:
+        results[rid] = await collect(engine, GenerationRequest(request_id=rid, prompt="Once upon a time", sampling=s))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(one, f"other{i}", msgspec.structs.replace(sampling, seed=i, max_tokens=24))
+        nursery.start_soon(one, "huge", huge)
+    assert all(chunks[-1].finish_reason == "length" for chunks in results.values())
+    off = await collect(engine, GenerationRequest(request_id="off", prompt="Once upon a time", sampling=sampling))
+    assert token_ids_of(results["huge"]) == token_ids_of(off)
+    assert engine.health().ok
+
+
+async def test_a_failure_while_starting_or_sampling_one_sequence_fails_it_alone(engine: LlamaCppEngine) -> None:
+    # Values that slipped past prepare() (a caller that skipped it) reach the loop: one makes the
+    # sampler fail at its start (a bias id beyond int64), one makes sample_logits refuse every draw
+    # (top_p 2). Each ends its own stream with an error; the batch decoding beside them goes on.
+    good = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+    def slipped(rid: str, **bad: object) -> GenerationRequest:
+        prepared = engine.prepare(GenerationRequest(request_id=rid, prompt=FRANCE, sampling=good))
+        return msgspec.structs.replace(prepared, sampling=msgspec.structs.replace(good, **bad))
+
+    results: dict[str, list[GenerationChunk]] = {}
+
+    async def one(request: GenerationRequest) -> None:
+        results[request.request_id] = [chunk async for chunk in engine.generate(request)]
+
+    steps_before = engine.stats().extra["decode_steps"]
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(one, engine.prepare(GenerationRequest(request_id=f"good{i}", prompt=f"Story number {i}:", sampling=good)))
+        await wait_until(lambda: engine.stats().extra["decode_steps"] > steps_before)
+        nursery.start_soon(one, slipped("bad-start", logit_bias=((2**70, 1.0),)))
+        nursery.start_soon(one, slipped("bad-draw", top_p=2.0))
+    for rid in ("bad-start", "bad-draw"):
+        final = results[rid][-1]
+        assert final.finish_reason == "error" and final.error and "generation failed" in final.error, final
+    assert "top_p" in (results["bad-draw"][-1].error or "")
+    for i in range(3):
+        chunks = results[f"good{i}"]
+        assert chunks[-1].finish_reason == "length" and len(token_ids_of(chunks)) == 24
+    assert engine.health().ok and engine.stats().slots_busy == 0
+    after = await collect(engine, GenerationRequest(request_id="after", prompt=FRANCE, sampling=SamplingParams(temperature=0, max_tokens=4)))
+    assert "Paris" in text_of(after)
+
+
+def test_prepare_refuses_what_the_model_cannot_take_and_brings_down_what_means_the_same(engine: LlamaCppEngine) -> None:
+    n_vocab = engine._model.n_vocab  # type: ignore[union-attr]
+
+    def prepared(**sampling: object) -> GenerationRequest:
+        return engine.prepare(GenerationRequest(request_id="p", prompt=FRANCE, sampling=SamplingParams(**sampling)))  # type: ignore[arg-type]
+
+    refused = {
+        "top_p": dict(top_p=1.5),
+        "min_p": dict(min_p=-0.1),
+        "temperature": dict(temperature=float("inf")),
+        "presence_penalty": dict(presence_penalty=3.0),
+        "frequency_penalty": dict(frequency_penalty=float("nan")),
+        "logit_bias": dict(logit_bias=((5, 1e9),)),
+        "logprobs": dict(logprobs=-1),
+        "max_tokens": dict(max_tokens=0),
+    }
+    for param, values in refused.items():
+        with pytest.raises(InvalidSamplingError) as info:
+            prepared(**values)
+        assert info.value.param == param and info.value.status == 400
+    with pytest.raises(ContextOverflowError):
+        prepared(max_tokens=2**63)
+    with pytest.raises(InvalidRequestError) as bad_ids:
+        engine.prepare(GenerationRequest(request_id="ids", prompt_tokens=(1, 2**40)))
+    assert bad_ids.value.param == "prompt"
+    assert prepared(top_k=-1).sampling.top_k == 0 and prepared(top_k=n_vocab).sampling.top_k == 0
+    assert prepared(top_k=40).sampling.top_k == 40
+    assert prepared(logprobs=10**12).sampling.logprobs == n_vocab
+    assert prepared(seed=2**63, temperature=0.5).sampling.seed == 2**63  # Python's Random takes any integer
+
+
+async def test_generate_takes_only_prepared_requests(engine: LlamaCppEngine) -> None:
+    before = engine.stats().requests_total
+    with pytest.raises(ValueError, match="prepare"):
+        await engine.generate(GenerationRequest(request_id="raw", prompt=FRANCE)).__anext__()
+    assert engine.stats().requests_total == before
+
+
+def test_an_engine_that_is_not_serving_answers_503_with_retry_after(smollm2_path: str) -> None:
+    idle = LlamaCppEngine(LlamaCppSpec(name="never-loaded", model_path=smollm2_path))
+    for call in (lambda: idle.prepare(GenerationRequest(request_id="r", prompt="Hi")), lambda: idle.tokenize("Hi")):
+        with pytest.raises(EngineError) as info:
+            call()
+        err = info.value
+        assert isinstance(err, EngineUnavailableError) and err.status == 503 and err.retry_after_header() == "1"
+        assert "never-loaded" in str(err) and "stopped" in str(err)
 
 
 def test_token_id_prompts_and_tokenize(engine: LlamaCppEngine) -> None:
