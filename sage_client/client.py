@@ -23,6 +23,7 @@ from __future__ import annotations
 import email.utils
 import os
 import time
+from pathlib import Path
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
@@ -31,6 +32,7 @@ import msgspec
 
 from sage_client.paths import default_socket_path
 from sage_client.rpc import START_HINT, DaemonNotRunning, RpcCallError, RpcClient
+from sage_client.sse import SSEDecoder
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -230,26 +232,25 @@ class _Chunk(msgspec.Struct):
 
 
 class StreamParser:
-    """SSE lines of an OpenAI stream → Deltas. Holds the finish back until the usage chunk (or
-    the end) so the last Delta carries both."""
+    """An OpenAI stream's text → Deltas (the SSE framing is `sage_client.sse`'s). Holds the
+    finish back until the usage chunk (or the end) so the last Delta carries both."""
 
     def __init__(self, model: str | None = None):
         self.model = model
         self.id = ""
         self.served_model = model or ""
         self.done = False
-        self._data: list[str] = []
+        self._sse = SSEDecoder()
         self._finish: str | None = None
         self._usage: Usage | None = None
 
+    def feed(self, text: str) -> list[Delta]:
+        """Deltas completed by a chunk of the response body (split anywhere)."""
+        return [delta for event in self._sse.feed(text) for delta in self._event(event.data)]
+
     def feed_line(self, line: str) -> list[Delta]:
-        if line.startswith("data:"):
-            self._data.append(line[5:].lstrip(" ") if line[5:6] == " " else line[5:])
-            return []
-        if line == "" and self._data:
-            data, self._data = "\n".join(self._data), []
-            return self._event(data)
-        return []  # comments (": keep-alive"), event:/id:/retry: fields
+        event = self._sse.feed_line(line)
+        return self._event(event.data) if event is not None else []
 
     def _event(self, data: str) -> list[Delta]:
         if data.strip() == "[DONE]":
@@ -260,7 +261,8 @@ class StreamParser:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ServerError(f"the server sent an unreadable stream chunk: {exc}") from None
         if chunk.error is not None:
-            raise error_from_response(int(chunk.error.code) if str(chunk.error.code).isdigit() else 500, msgspec.json.encode({"error": chunk.error}), model=self.model)
+            code = str(chunk.error.code)
+            raise error_from_response(int(code) if code.isdigit() else 500, msgspec.json.encode({"error": chunk.error}), model=self.model)
         self.id = self.id or chunk.id
         self.served_model = chunk.model or self.served_model
         if chunk.usage is not None:
@@ -278,11 +280,11 @@ class StreamParser:
 
     def finish(self) -> Delta:
         """The closing Delta (after the last line)."""
-        if self._data:
-            self.feed_line("")
+        last = self._sse.close()  # an event the server did not end with a blank line
+        text = "".join(delta.text for delta in self._event(last.data)) if last is not None else ""
         if self._finish is None and not self.done:
             raise ServerError("the stream ended before the reply was finished (the server closed it)")
-        return Delta("", self._finish, self._usage)
+        return Delta(text, self._finish, self._usage)
 
 
 def _assemble(deltas: Iterable[Delta], parser: StreamParser) -> Completion:
@@ -333,7 +335,7 @@ def discover(base_url: str | None = None, api_key: str | None = None, socket_pat
         return Endpoint(_normalize(base_url), api_key, source="base_url")
     if env_url := os.environ.get("SAGE_BASE_URL"):
         return Endpoint(_normalize(env_url), api_key, source="SAGE_BASE_URL")
-    path = socket_path or default_socket_path()
+    path = Path(socket_path) if socket_path else default_socket_path()
     try:
         with RpcClient(path, timeout=30) as rpc:
             assert rpc.welcome is not None
@@ -435,8 +437,8 @@ class UnifiedInferenceClient(_Base):
             with self._http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     raise error_from_response(response.status_code, response.read(), response.headers, body["model"])
-                for line in response.iter_lines():
-                    yield from parser.feed_line(line)
+                for text in response.iter_text():
+                    yield from parser.feed(text)
         except httpx.TransportError as exc:
             raise _unreachable(self.endpoint, exc) from None
         yield parser.finish()
@@ -479,8 +481,8 @@ class AsyncUnifiedInferenceClient(_Base):
             async with self._http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     raise error_from_response(response.status_code, await response.aread(), response.headers, body["model"])
-                async for line in response.aiter_lines():
-                    for delta in parser.feed_line(line):
+                async for text in response.aiter_text():
+                    for delta in parser.feed(text):
                         yield delta
         except httpx.TransportError as exc:
             raise _unreachable(self.endpoint, exc) from None

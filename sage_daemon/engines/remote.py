@@ -1,9 +1,14 @@
 """RemoteOpenAIEngine: an engine that is any OpenAI-compatible server (another sage daemon, vLLM,
 llama.cpp's server, Ollama), reached with httpx.
 
-The wire handling is split the hypercorn way: `SSEDecoder` and `OpenAIStreamAssembler` do no
-I/O (lines in, events and GenerationChunks out) and are tested alone; `RemoteOpenAIEngine`
-only moves bytes. The vLLM manager serves through this engine, so there is one SSE path.
+The wire handling is split the hypercorn way: `sage_client.sse.SSEDecoder` (the one SSE parser,
+shared with the client) and `OpenAIStreamAssembler` do no I/O (text in, events and
+GenerationChunks out) and are tested alone; `RemoteOpenAIEngine` only moves bytes. The vLLM
+manager serves through this engine, so there is one SSE path.
+
+Errors: a 4xx from the remote is the client's mistake as the remote sees it (a model it does
+not serve, a prompt too long): `UpstreamError` with the remote's status and message, which the
+doors pass on. A 5xx, a malformed reply or no answer is this engine failing: `EngineError`.
 """
 
 from __future__ import annotations
@@ -14,8 +19,13 @@ from typing import Any, Literal
 
 import httpx
 import msgspec
+import trio
 
+from sage_client.sse import SSEDecoder, ServerSentEvent
+from sage_daemon.core.errors import UpstreamError
 from sage_daemon.engines.base import (
+    ChatTemplateMissingError,
+    ContextOverflowError,
     EmbeddingResult,
     EngineError,
     EngineHealth,
@@ -42,63 +52,24 @@ class RemoteSpec(msgspec.Struct, frozen=True):
     parallel: int = 8  # requests this daemon sends at once (connection pool size)
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 300.0  # longest silence between two stream chunks
+    # load()'s probes (GET /v1/models, /health) must be answered within this: a server that
+    # accepts connections and never answers fails the load in seconds, not read_timeout_s.
+    load_timeout_s: float = 10.0
     chat: bool = True  # whether the remote model takes chat requests (the remote has the last word)
 
 
-class RemoteAPIError(Exception):
-    """The remote answered with an error (OpenAI error shape): the door passes status and message on."""
+class RemoteServerError(EngineError):
+    """A 5xx from the remote, a malformed reply, or an error event mid-stream: the remote failed
+    this request (a 503 to our client, like any engine failure). `remote_status` is what the
+    remote said; `message` its own words."""
 
-    def __init__(self, status: int, message: str, *, type: str = "", code: str | None = None, param: str | None = None):
-        super().__init__(f"{status}: {message}")
-        self.status = status
+    def __init__(self, remote_status: int, message: str, *, type: str = "", code: str | None = None, param: str | None = None):  # noqa: A002
+        super().__init__(f"the remote answered {remote_status}: {message}")
+        self.remote_status = remote_status
         self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-
-
-class RemoteServerError(RemoteAPIError, EngineError):
-    """A 5xx from the remote (or an error event mid-stream): the remote engine failed, 503-class."""
-
-
-class ServerSentEvent(msgspec.Struct, frozen=True):
-    data: str
-    event: str = "message"
-
-
-class SSEDecoder:
-    """Server-sent events from text lines (WHATWG rules: data/event fields, comments, blank line ends an event)."""
-
-    def __init__(self) -> None:
-        self._data: list[str] = []
-        self._event = ""
-
-    def feed_line(self, line: str) -> ServerSentEvent | None:
-        line = line.rstrip("\r\n")
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None  # comment / keep-alive
-        field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            self._data.append(value)
-        elif field == "event":
-            self._event = value
-        return None  # id / retry fields do not matter to a one-shot stream
-
-    def close(self) -> ServerSentEvent | None:
-        """End of input: an event not yet closed by a blank line still counts."""
-        return self._dispatch()
-
-    def _dispatch(self) -> ServerSentEvent | None:
-        if not self._data:
-            self._event = ""
-            return None
-        event = ServerSentEvent("\n".join(self._data), self._event or "message")
-        self._data, self._event = [], ""
-        return event
+        self.remote_type = type
+        self.remote_code = code
+        self.remote_param = param
 
 
 _FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "eos": "stop", "abort": "cancelled"}
@@ -150,7 +121,8 @@ class OpenAIStreamAssembler:
         self.done = False
 
     def feed(self, event: ServerSentEvent) -> list[GenerationChunk]:
-        """Chunks to emit for one event. Raises RemoteAPIError for an error event."""
+        """Chunks to emit for one event. Raises UpstreamError (an error event with a 4xx code)
+        or RemoteServerError (any other error event, or one that is not JSON)."""
         if self.done:
             return []
         if event.data.strip() == "[DONE]":
@@ -196,15 +168,17 @@ class OpenAIStreamAssembler:
         )]
 
 
-def error_from_body(body: Any, status: int) -> RemoteAPIError:
-    """A typed error from an OpenAI error body ({"error": {...}}), a FastAPI one ({"detail": ...}) or text."""
+def error_from_body(body: Any, status: int) -> UpstreamError | RemoteServerError:
+    """The typed error for an error reply: OpenAI's body ({"error": {...}}), FastAPI's
+    ({"detail": ...}), llama.cpp's / Ollama's ({"error": "..."}) or plain text. A 4xx is
+    UpstreamError (passed on to the client as that 4xx), anything else RemoteServerError."""
     message, type_, code, param = "", "", None, None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         err = body["error"]
         message = str(err.get("message") or "")
         type_ = str(err.get("type") or "")
         code = None if err.get("code") is None else str(err.get("code"))
-        param = err.get("param")
+        param = err.get("param") if isinstance(err.get("param"), str) else None
         status = int(err.get("code")) if isinstance(err.get("code"), int) and 400 <= err["code"] < 600 else status
     elif isinstance(body, dict) and "detail" in body:
         message = str(body["detail"])
@@ -212,8 +186,12 @@ def error_from_body(body: Any, status: int) -> RemoteAPIError:
         message = body["error"]
     else:
         message = str(body)
-    cls = RemoteServerError if status >= 500 else RemoteAPIError
-    return cls(status, message or f"HTTP {status}", type=type_, code=code, param=param)
+    message = message or f"HTTP {status}"
+    if 400 <= status < 500:
+        # vLLM puts the status itself in `code` (400); only a word is an OpenAI error code.
+        word = code if code is not None and not code.isdigit() else None
+        return UpstreamError(status, message, code=word, param=param)
+    return RemoteServerError(status, message, type=type_, code=code, param=param)
 
 
 def sampling_body(sampling: SamplingParams) -> dict[str, Any]:
@@ -257,10 +235,14 @@ class RemoteOpenAIEngine:
         root = spec.base_url.rstrip("/")
         self.root_url = root[: -len("/v1")] if root.endswith("/v1") else root
         self.api_url = self.root_url + "/v1"
-        self.n_ctx = spec.n_ctx
+        self.n_ctx = spec.n_ctx  # 0 until the remote reports max_model_len: unknown, the remote checks
         self.parallel = spec.parallel
         self.dimensions = 0
         self.max_seq_length = spec.n_ctx
+        # The OpenAI embeddings API takes token arrays; `dimensions` stays refused here, as it
+        # always was for remotes: a server that ignores it would hand back vectors of another size.
+        self.accepts_token_ids = True
+        self.supports_dimensions = False
         self._client: httpx.AsyncClient | None = None
         self._state = EngineState.STOPPED
         self._detail = ""
@@ -296,23 +278,35 @@ class RemoteOpenAIEngine:
             raise EngineError(f"remote {self.root_url}: {exc}") from exc
         self._state, self._detail = EngineState.READY, f"{self.remote_model} at {self.root_url}"
 
-    async def _check_remote(self) -> None:
+    async def _probe(self, url: str) -> httpx.Response:
+        """GET for load(): connect within connect_timeout_s, the whole answer within load_timeout_s."""
         assert self._client is not None
+        spec = self.spec
+        timeout = httpx.Timeout(connect=spec.connect_timeout_s, read=spec.load_timeout_s, write=spec.load_timeout_s, pool=spec.load_timeout_s)
         try:
-            response = await self._client.get(self.api_url + "/models")
+            # httpx's read timeout is per read; the deadline bounds a server that trickles bytes too.
+            with trio.fail_after(spec.connect_timeout_s + spec.load_timeout_s):
+                return await self._client.get(url, timeout=timeout)
+        except (httpx.TimeoutException, trio.TooSlowError) as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise EngineError(f"remote {self.root_url} is not reachable: {describe(exc)}") from exc
+            raise EngineError(
+                f"remote {self.root_url} accepted the connection but did not answer GET {url.removeprefix(self.root_url)} "
+                f"within {spec.load_timeout_s:g} s (is it an OpenAI-compatible server, and not stuck?)"
+            ) from exc
         except httpx.TransportError as exc:
             raise EngineError(f"remote {self.root_url} is not reachable: {describe(exc)}") from exc
+
+    async def _check_remote(self) -> None:
+        response = await self._probe(self.api_url + "/models")
         if response.status_code == 404:  # a server without a model list: reachability is all we learn
-            try:
-                health = await self._client.get(self.root_url + "/health")
-            except httpx.TransportError as exc:
-                raise EngineError(f"remote {self.root_url} is not reachable: {describe(exc)}") from exc
+            health = await self._probe(self.root_url + "/health")
             if health.status_code >= 400:
                 raise EngineError(f"remote {self.root_url} is not healthy: /health answered {health.status_code}")
             return
         if response.status_code >= 400:
             err = error_from_body(_json_or_text(response), response.status_code)
-            raise EngineError(f"remote {self.root_url} refused GET /v1/models: {err.status} {err.message}")
+            raise EngineError(f"remote {self.root_url} refused GET /v1/models: {response.status_code} {err.message}")
         entries = _json_or_text(response)
         entries = entries.get("data", []) if isinstance(entries, dict) else []
         served = {str(e.get("id")): e for e in entries if isinstance(e, dict)}
@@ -344,6 +338,17 @@ class RemoteOpenAIEngine:
             generation_tokens_total=self._generation_tokens_total,
             cached_prompt_tokens_total=self._cached_tokens_total,
         )
+
+    def prepare(self, request: GenerationRequest) -> GenerationRequest:
+        """What can be checked here without a tokenizer; the remote checks the rest (and its 4xx
+        reaches the client as UpstreamError). The request goes on unchanged."""
+        self._require_client()
+        if request.messages is not None and not self.spec.chat:
+            raise ChatTemplateMissingError(f"model {self.name} takes no chat requests at its remote: use /v1/completions")
+        if request.prompt_tokens is not None and self.n_ctx:
+            if len(request.prompt_tokens) + request.sampling.max_tokens > self.n_ctx:
+                raise ContextOverflowError(len(request.prompt_tokens), request.sampling.max_tokens, self.n_ctx)
+        return request
 
     def tokenize(self, text: str) -> list[int]:
         raise NotImplementedError("a remote engine has no local tokenizer; send text and let the remote count tokens")
@@ -388,13 +393,12 @@ class RemoteOpenAIEngine:
                     await response.aread()
                     raise error_from_body(_json_or_text(response), response.status_code)
                 decoder = SSEDecoder()
-                async for line in response.aiter_lines():
-                    event = decoder.feed_line(line)
-                    if event is not None:
+                async for text in response.aiter_text():
+                    for event in decoder.feed(text):
                         for chunk in assembler.feed(event):
                             yield chunk
-                    if assembler.done:
-                        return
+                        if assembler.done:
+                            return
                 last = decoder.close()
                 for chunk in assembler.feed(last) if last is not None else ():
                     yield chunk

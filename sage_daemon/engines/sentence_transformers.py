@@ -4,11 +4,18 @@ All model work (encode, tokenize, forward on token ids) runs on a single dedicat
 fed by a queue: torch's intra-op thread pool is then used by one caller at a time, and trio
 tasks only wait on an event. An exception inside the model kills the worker on purpose (the
 torch state after a failure is not trusted): pending and later calls fail with EngineError and
-health() says why, until the pool reloads the engine.
+health() says why, until the pool reloads the engine. An input the engine refuses (a token id
+outside the vocabulary, a text the tokenizer cannot read) is not such a failure: its call
+raises InvalidRequestError and the worker goes on, so the control plane can fail that input's
+request alone and run the others batched with it again.
+
+Inputs longer than the model can read are cut to a prefix before anything tokenizes them (see
+`_cap_texts`): a megabytes-long text costs what a max_seq_length one does.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import queue
@@ -19,7 +26,16 @@ from typing import Any, Generic, Literal, TypeVar
 import msgspec
 import trio
 
-from sage_daemon.engines.base import EmbeddingResult, EngineError, EngineHealth, EngineState, EngineStats, NullGate, StepGate
+from sage_daemon.engines.base import (
+    EmbeddingResult,
+    EngineError,
+    EngineHealth,
+    EngineState,
+    EngineStats,
+    InvalidRequestError,
+    NullGate,
+    StepGate,
+)
 
 T = TypeVar("T")
 
@@ -38,9 +54,18 @@ class SentenceTransformersSpec(msgspec.Struct, frozen=True):
 
 _ID_FEATURES = ("input_ids", "attention_mask", "token_type_ids")  # what embed_tokens can build
 
+# Characters a text may keep per token the model reads, before the tokenizer sees it. English
+# runs at ~4-5 characters per WordPiece/BPE token; 32 leaves room for long words, URLs and
+# numbers. When it is not enough (a run of 100-character words is one [UNK] each), the cut is
+# widened until it holds more tokens than the model reads: the result never depends on it.
+CHARS_PER_TOKEN_BOUND = 32
 
-class DimensionsNotSupportedError(ValueError):
+
+class DimensionsNotSupportedError(InvalidRequestError):
     """A `dimensions` request to a model that was not trained for truncation: a client's 400."""
+
+    def __init__(self, message: str):
+        super().__init__(message, param="dimensions")
 
 
 def force_hf_offline() -> None:
@@ -70,14 +95,15 @@ def truncate_dimensions(vectors: list[list[float]], dimensions: int) -> list[lis
 class _Job(Generic[T]):
     """One call handed to the worker thread; completion is signalled on the caller's trio loop."""
 
-    __slots__ = ("fn", "token", "done", "result", "error", "abandoned")
+    __slots__ = ("fn", "token", "done", "result", "error", "refused", "abandoned")
 
     def __init__(self, fn: Callable[[], T], token: trio.lowlevel.TrioToken):
         self.fn = fn
         self.token = token
         self.done = trio.Event()
         self.result: T | None = None
-        self.error: str | None = None
+        self.error: str | None = None  # the worker died running it
+        self.refused: InvalidRequestError | None = None  # its input was wrong; the worker is fine
         self.abandoned = False  # the caller was cancelled: skip it if not started
 
     def finish(self) -> None:
@@ -94,7 +120,7 @@ class _StopWorker:
 class SentenceTransformersEngine:
     """An EmbeddingEngine over a local sentence-transformers model."""
 
-    kind: Literal["embedding"] = "embedding"
+    kind: Literal["llm", "embedding"] = "embedding"  # the Protocol's type (a mutable attribute is invariant)
     backend = "sentence-transformers"
 
     def __init__(self, spec: SentenceTransformersSpec, gate: StepGate | None = None):
@@ -102,8 +128,11 @@ class SentenceTransformersEngine:
         self.name = spec.name
         self.gate: StepGate = gate or NullGate()
         self.supports_dimensions = spec.supports_dimensions
+        self.accepts_token_ids = False  # known once loaded: the model's inputs must be ids and masks only
         self.dimensions = 0
         self.max_seq_length = 0
+        self._tokenizer: Any = None  # a copy for tokenize(), whose callers are on other threads than the worker
+        self._tokenizer_lock = threading.Lock()
         self.device = "cpu"
         self._model: Any = None
         self._special_prefix: list[int] = []  # special tokens the tokenizer puts around a text
@@ -135,6 +164,8 @@ class SentenceTransformersEngine:
         self.dimensions = int(model.get_embedding_dimension())
         self.max_seq_length = int(model.max_seq_length)
         self._special_prefix, self._special_suffix, self._feature_probe = await trio.to_thread.run_sync(_token_layout, model)
+        self.accepts_token_ids = not [k for k, v in self._feature_probe.items() if hasattr(v, "shape") and k not in _ID_FEATURES]
+        self._tokenizer = await trio.to_thread.run_sync(copy.deepcopy, model.tokenizer)
         self._jobs = queue.SimpleQueue()
         self._worker_dead = None
         self._worker = threading.Thread(target=self._worker_loop, name=f"embed-{self.name}", daemon=True)
@@ -167,6 +198,7 @@ class SentenceTransformersEngine:
         self._worker = None
         self._worker_dead = None
         self._model = None
+        self._tokenizer = None
         self._state, self._detail = EngineState.STOPPED, ""
 
     def health(self) -> EngineHealth:
@@ -195,6 +227,8 @@ class SentenceTransformersEngine:
                 continue
             try:
                 job.result = job.fn()
+            except InvalidRequestError as exc:  # raised before the model ran: nothing to distrust
+                job.refused = exc
             except BaseException as exc:  # noqa: BLE001 - any model failure ends this worker
                 cause = f"embedding worker died: {type(exc).__name__}: {exc}"
                 with self._worker_lock:  # dead before anyone hears of it: no call may queue behind us
@@ -229,6 +263,8 @@ class SentenceTransformersEngine:
         except trio.Cancelled:
             job.abandoned = True  # torch cannot be interrupted; a started batch runs to its end
             raise
+        if job.refused is not None:
+            raise job.refused
         if job.error is not None:
             raise EngineError(f"{self.name}: {job.error}")
         return job.result  # type: ignore[return-value]
@@ -240,6 +276,9 @@ class SentenceTransformersEngine:
         self._check_dimensions(dimensions)
         if not texts:
             return EmbeddingResult([], 0, 0, self.dimensions)
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidRequestError(f"input[{index}] must be a string, not {type(text).__name__}", param="input")
         result = await self._run_on_worker(lambda: self._embed_texts_blocking(list(texts), background))
         return self._finish(result, dimensions)
 
@@ -247,31 +286,33 @@ class SentenceTransformersEngine:
         """Embed pre-tokenized inputs (OpenAI's token-array input).
 
         The ids (as from `tokenize()`, without special tokens) are fed to the model directly,
-        wrapped in the tokenizer's special tokens: no decode/re-encode round trip.
+        wrapped in the tokenizer's special tokens: no decode/re-encode round trip. An id outside
+        the vocabulary raises InvalidRequestError naming the input (the ids are checked on the
+        worker, off the trio thread: a list may hold millions).
         """
         self._check_dimensions(dimensions)
         if not token_lists:
             return EmbeddingResult([], 0, 0, self.dimensions)
         if self._model is None:
             raise EngineError(f"{self.name} is not loaded")
-        unsupported = [k for k, v in self._feature_probe.items() if hasattr(v, "shape") and k not in _ID_FEATURES]
-        if unsupported:
-            raise ValueError(f"token-id input is not supported for model {self.name} (its inputs include {unsupported[0]!r})")
-        vocab = len(self._model.tokenizer)
-        for ids in token_lists:
-            bad = [i for i in ids if not 0 <= i < vocab]
-            if bad:
-                raise ValueError(f"token id {bad[0]} is outside this model's vocabulary (0..{vocab - 1})")
+        if not self.accepts_token_ids:
+            unsupported = [k for k, v in self._feature_probe.items() if hasattr(v, "shape") and k not in _ID_FEATURES]
+            raise InvalidRequestError(f"token-id input is not supported for model {self.name} (its inputs include {unsupported[0]!r})", param="input")
         result = await self._run_on_worker(lambda: self._embed_ids_blocking([list(ids) for ids in token_lists], background))
         return self._finish(result, dimensions)
 
-    async def tokenize(self, text: str) -> list[int]:
-        """Token ids of `text` without special tokens (what OpenAI's token-array input carries).
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` without special tokens (what OpenAI's token-array input carries). Blocking.
 
-        Async because it runs on the worker: a Hugging Face tokenizer is not safe to share
-        between threads while another call changes its truncation settings.
+        On the engine's own copy of the tokenizer, under a lock: a Hugging Face fast tokenizer
+        must not be used by two threads at once (a call changes its truncation settings), and
+        the worker's copy is busy with batches this call should not wait behind.
         """
-        return await self._run_on_worker(lambda: list(self._model.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            raise EngineError(f"{self.name} is not loaded")
+        with self._tokenizer_lock:
+            return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def _check_dimensions(self, dimensions: int | None) -> None:
         if dimensions is None or dimensions == self.dimensions:
@@ -304,11 +345,51 @@ class SentenceTransformersEngine:
         if self._background_step:
             self.gate.yield_to_interactive()
 
+    def _count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text with the special tokens, untruncated. A text the tokenizer cannot
+        read raises InvalidRequestError naming it; a tokenizer that fails on each text alone too
+        is broken, and its error kills the worker."""
+        tokenizer = self._model.tokenizer
+        try:
+            return [len(ids) for ids in tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
+        except Exception as batch_error:
+            for index, text in enumerate(texts):
+                try:
+                    tokenizer([text], add_special_tokens=True, verbose=False)
+                except Exception as exc:
+                    raise InvalidRequestError(f"input[{index}] cannot be tokenized: {type(exc).__name__}: {exc}", param="input") from exc
+            raise batch_error
+
+    def _cap_texts(self, texts: list[str]) -> tuple[list[str], list[int]]:
+        """Each text cut to a prefix that still holds more tokens than the model reads, and the
+        token count of what is kept (with the special tokens).
+
+        The model reads only max_seq_length tokens, but a tokenizer reads all of its input: one
+        7.8 MB text cost ~10 s and ~550 MB to tokenize twice (counting, then encode). The cut
+        is at whitespace, so the tokens before it are those of the whole text, and the encoder
+        sees the same first max_seq_length tokens as before. A cut text's count is therefore a
+        lower bound of the whole text's, always above max_seq_length: `truncated` and the tokens
+        billed (min(count, max_seq_length)) come out as for the whole text.
+        """
+        limit = self.max_seq_length
+        if not limit:
+            return texts, self._count_tokens(texts)
+        chars = limit * CHARS_PER_TOKEN_BOUND
+        kept = [_cut_at_whitespace(text, chars) for text in texts]
+        counts = self._count_tokens(kept)
+        for index, text in enumerate(texts):
+            widened = chars
+            while counts[index] <= limit and len(kept[index]) < len(text):
+                # Too few tokens in the cut (very long words): it may drop some the model would read.
+                widened *= 4
+                kept[index] = _cut_at_whitespace(text, widened)
+                counts[index] = self._count_tokens([kept[index]])[0]
+        return kept, counts
+
     def _embed_texts_blocking(self, texts: list[str], background: bool = False) -> EmbeddingResult:
         model = self._model
         limit = self.max_seq_length
-        # Full lengths with special tokens, untruncated, to count what was cut.
-        full_lengths = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
+        texts, full_lengths = self._cap_texts(texts)
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self.spec.max_batch):
             batch = texts[start : start + self.spec.max_batch]
@@ -329,6 +410,11 @@ class SentenceTransformersEngine:
         import torch
 
         model = self._model
+        vocab = len(model.tokenizer)
+        for index, ids in enumerate(token_lists):
+            bad = next((i for i in ids if not (isinstance(i, int) and 0 <= i < vocab)), None)
+            if bad is not None:
+                raise InvalidRequestError(f"input[{index}]: token id {bad} is outside this model's vocabulary (0..{vocab - 1})", param="input")
         prefix, suffix = self._special_prefix, self._special_suffix
         room = self.max_seq_length - len(prefix) - len(suffix)
         truncated = sum(1 for ids in token_lists if len(ids) > room)
@@ -343,11 +429,22 @@ class SentenceTransformersEngine:
                     embedding = model(features)["sentence_embedding"]
                     if self.spec.normalize:
                         embedding = torch.nn.functional.normalize(embedding, p=2, dim=1)
-                    return embedding.float().cpu().tolist()
+                    vectors: list[list[float]] = embedding.float().cpu().tolist()
+                    return vectors
 
             vectors.extend(self._gated(forward, background))
         full_lengths = [len(prefix) + len(ids) + len(suffix) for ids in token_lists]
         return EmbeddingResult(vectors, sum(len(s) for s in sequences), truncated, self.dimensions, token_counts=full_lengths)
+
+
+def _cut_at_whitespace(text: str, chars: int) -> str:
+    """`text` if it has at most `chars` characters, else a prefix of about that length ending
+    before whitespace (so no word is split), or exactly `chars` long if its second half has none."""
+    if len(text) <= chars:
+        return text
+    piece = text[:chars]
+    space = max(piece.rfind(c) for c in " \n\t\r")
+    return piece[:space] if space > chars // 2 else piece
 
 
 def _yield_points(model: Any) -> list[Any]:

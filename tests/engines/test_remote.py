@@ -23,13 +23,13 @@ from sage_daemon.engines.base import (
     TokenLogprob,
     TopLogprob,
 )
+from sage_client.sse import SSEDecoder
+from sage_daemon.core.errors import UpstreamError
 from sage_daemon.engines.remote import (
     OpenAIStreamAssembler,
-    RemoteAPIError,
     RemoteOpenAIEngine,
     RemoteServerError,
     RemoteSpec,
-    SSEDecoder,
 )
 from tests.engines.conftest import ChildServer, minilm_path
 
@@ -85,7 +85,9 @@ def test_assembler_raises_typed_errors() -> None:
     assembler = OpenAIStreamAssembler()
     with pytest.raises(RemoteServerError) as info:
         assembler.feed(SSEDecoder().close() or _event('{"error":{"message":"engine died","type":"server_error","code":500}}'))
-    assert info.value.status == 500 and info.value.message == "engine died"
+    # The remote's own status and words; to our client it is an engine failure (503, retry).
+    assert info.value.remote_status == 500 and info.value.message == "engine died"
+    assert isinstance(info.value, EngineError) and info.value.status == 503
     with pytest.raises(EngineError, match="without a finish_reason"):
         OpenAIStreamAssembler().finish()
 
@@ -213,7 +215,7 @@ async def test_remote_4xx_is_passed_on_typed(openai_child: ChildServer) -> None:
     await engine.load()
     try:
         engine.remote_model = "gone-since-load"  # the remote unloaded it: it answers 404 in OpenAI's shape
-        with pytest.raises(RemoteAPIError) as info:
+        with pytest.raises(UpstreamError) as info:
             await collect(engine, GenerationRequest("r", GREEDY, prompt="hi"))
         assert info.value.status == 404 and info.value.code == "model_not_found"
         assert "gone-since-load" in info.value.message and not isinstance(info.value, EngineError)
@@ -241,3 +243,199 @@ async def test_cancelling_the_consumer_closes_the_stream(openai_child: ChildServ
         assert stats["completed"] == before["completed"]
     finally:
         await engine.unload()
+
+
+# -- against small real HTTP servers: a remote's refusals, and one that never answers ----------------
+
+class ScriptedRemote:
+    """A real HTTP server on loopback that serves model `m` and answers each POST path with the
+    status and OpenAI-shaped error body given in `replies` (what a vLLM or OpenAI server sends)."""
+
+    def __init__(self, replies: dict[str, tuple[int, dict[str, Any]] | list[bytes]]):
+        import http.server
+        import json
+        import threading
+        import time
+
+        models = {"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": 64}]}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._send(200, models) if self.path == "/v1/models" else self._send(404, {"detail": "Not Found"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                reply = replies[self.path]
+                if isinstance(reply, tuple):
+                    self._send(*reply)
+                    return
+                # A stream: the pieces as separate writes, the body ending when the connection closes.
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for piece in reply:
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+                    time.sleep(0.01)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def openai_error(message: str, type_: str, code: Any, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "code": code, "param": param}}
+
+
+async def test_a_remotes_400_and_404_reach_the_caller_as_that_status_with_its_message() -> None:
+    remote = ScriptedRemote({
+        # vLLM's shape: the status itself in `code`
+        "/v1/completions": (400, openai_error("This model's maximum context length is 64 tokens.", "BadRequestError", 400, "prompt")),
+        # OpenAI's: a word in `code`
+        "/v1/chat/completions": (404, openai_error("The model `m` does not exist or you do not have access to it.", "invalid_request_error", "model_not_found", "model")),
+        "/v1/embeddings": (400, openai_error("'input' : input cannot be an empty string", "invalid_request_error", None, "input")),
+    })
+    llm = RemoteOpenAIEngine(RemoteSpec(name="r", kind="llm", base_url=remote.url, remote_model="m"))
+    embedder = RemoteOpenAIEngine(RemoteSpec(name="e", kind="embedding", base_url=remote.url, remote_model="m"))
+    try:
+        await llm.load()
+        assert llm.n_ctx == 64
+        with pytest.raises(UpstreamError) as info:
+            await collect(llm, GenerationRequest("r", GREEDY, prompt="hi"))
+        error = info.value
+        assert (error.status, error.message, error.param) == (400, "This model's maximum context length is 64 tokens.", "prompt")
+        assert error.code == "invalid_request" and error.type == "invalid_request_error" and not isinstance(error, EngineError)
+
+        with pytest.raises(UpstreamError) as info:
+            await collect(llm, GenerationRequest("c", GREEDY, messages=(ChatMessage("user", "hi"),)))
+        error = info.value
+        assert (error.status, error.code, error.param) == (404, "model_not_found", "model")
+        assert error.message == "The model `m` does not exist or you do not have access to it."
+        assert llm.stats().slots_busy == 0 and llm.health().state is EngineState.READY  # a refusal is no engine failure
+
+        embedder.dimensions = 3  # skip the dimension probe at load: this remote embeds nothing
+        await embedder.load()
+        with pytest.raises(UpstreamError) as info:
+            await embedder.embed([""])
+        assert (info.value.status, info.value.param) == (400, "input") and "empty string" in info.value.message
+    finally:
+        await llm.unload()
+        await embedder.unload()
+        remote.close()
+
+
+async def test_a_remotes_5xx_stays_an_engine_error() -> None:
+    remote = ScriptedRemote({"/v1/completions": (500, openai_error("CUDA error: out of memory", "InternalServerError", 500))})
+    engine = RemoteOpenAIEngine(RemoteSpec(name="r", kind="llm", base_url=remote.url, remote_model="m"))
+    try:
+        await engine.load()
+        with pytest.raises(RemoteServerError) as info:
+            await collect(engine, GenerationRequest("r", GREEDY, prompt="hi"))
+        assert isinstance(info.value, EngineError) and info.value.status == 503 and info.value.remote_status == 500
+        assert "out of memory" in str(info.value)
+    finally:
+        await engine.unload()
+        remote.close()
+
+
+async def test_prepare_checks_what_it_can_without_a_tokenizer() -> None:
+    from sage_daemon.core.errors import ChatTemplateMissingError, ContextOverflowError
+
+    remote = ScriptedRemote({})
+    engine = RemoteOpenAIEngine(RemoteSpec(name="r", kind="llm", base_url=remote.url, remote_model="m", chat=False))
+    try:
+        with pytest.raises(EngineError, match="not ready"):
+            engine.prepare(GenerationRequest("r", GREEDY, prompt="hi"))
+        await engine.load()
+        text = GenerationRequest("r", GREEDY, prompt="hi")
+        assert engine.prepare(text) is text  # text goes on unchanged: the remote counts its tokens
+        with pytest.raises(ContextOverflowError) as info:
+            engine.prepare(GenerationRequest("t", GREEDY, prompt_tokens=tuple(range(60))))  # 60 + 12 > 64
+        assert (info.value.prompt_tokens, info.value.max_tokens, info.value.n_ctx) == (60, 12, 64)
+        with pytest.raises(ChatTemplateMissingError):
+            engine.prepare(GenerationRequest("c", GREEDY, messages=(ChatMessage("user", "hi"),)))
+    finally:
+        await engine.unload()
+        remote.close()
+
+
+async def test_a_remote_that_accepts_and_never_answers_fails_its_load_in_seconds() -> None:
+    import socket
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []  # accepted and never answered (nor closed) until the test ends
+    stop = threading.Event()
+
+    def accept_forever() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                pass
+
+    thread = threading.Thread(target=accept_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    assert RemoteSpec(name="x", kind="llm", base_url=url).load_timeout_s <= 10  # the default, far under the 300 s stream timeout
+    engine = RemoteOpenAIEngine(RemoteSpec(name="x", kind="llm", base_url=url, load_timeout_s=1.5))
+    try:
+        started = time.monotonic()
+        with pytest.raises(EngineError, match=r"accepted the connection but did not answer GET /v1/models within 1.5 s"):
+            await engine.load()
+        assert time.monotonic() - started < 5
+        assert held  # the connection really was accepted
+        health = engine.health()
+        assert health.state is EngineState.ERROR and "did not answer" in health.detail
+    finally:
+        stop.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        listener.close()
+
+
+async def test_a_stream_split_anywhere_with_crlf_and_no_final_blank_line() -> None:
+    """The remote engine's reading of a real HTTP stream through the shared SSE parser: events
+    torn across writes (a CRLF between two of them), comments, and [DONE] without a blank line."""
+    events = [
+        ": keep-alive",
+        'data: {"choices":[{"index":0,"text":"Hel","finish_reason":null}]}',
+        "",
+        'data: {"choices":[{"index":0,"text":"lo ","finish_reason":null}]}',
+        "",
+        'data: {"choices":[{"index":0,"text":"\u00e9t\u00e9","finish_reason":"length"}]}',
+        "",
+        'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}',
+        "",
+        "data: [DONE]",
+    ]
+    body = "\r\n".join(events).encode()
+    pieces = [body[i : i + 7] for i in range(0, len(body), 7)]  # cuts through lines, CRLFs and the UTF-8 of é
+    remote = ScriptedRemote({"/v1/completions": pieces})
+    engine = RemoteOpenAIEngine(RemoteSpec(name="r", kind="llm", base_url=remote.url, remote_model="m"))
+    try:
+        await engine.load()
+        chunks = await collect(engine, GenerationRequest("s", GREEDY, prompt="hi"))
+    finally:
+        await engine.unload()
+        remote.close()
+    assert [c.text for c in chunks] == ["Hel", "lo ", "été", ""]
+    assert (chunks[-1].finish_reason, chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == ("length", 4, 3)

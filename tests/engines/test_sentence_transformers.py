@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import trio
 
-from sage_daemon.engines.base import EmbeddingEngine, EngineError, EngineState, ThreadGate
+from sage_daemon.engines.base import EmbeddingEngine, EngineError, EngineState, InvalidRequestError
 from sage_daemon.engines.sentence_transformers import (
     DimensionsNotSupportedError,
     SentenceTransformersEngine,
@@ -22,6 +23,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TEXTS = ["The cat sat on the mat.", "Trio is a structured concurrency library.", "ünïcödé and emoji 🙂", "x"]
 LONG_TEXT = " ".join(f"word{i}" for i in range(400))  # far past 256 tokens
+
+
+class LockGate:
+    """A plain lock as the StepGate: each batch holds it for its step, as a shared gate would."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def acquire(self, background: bool = False) -> None:
+        self._lock.acquire()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def yield_to_interactive(self) -> None:
+        return None  # knows no priorities
 
 
 def model_path() -> str:
@@ -36,7 +53,7 @@ def spec(**changes: Any) -> SentenceTransformersSpec:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[SentenceTransformersEngine]:
-    instance = SentenceTransformersEngine(spec(), gate=ThreadGate())
+    instance = SentenceTransformersEngine(spec(), gate=LockGate())
     trio.run(instance.load)
     yield instance
     trio.run(instance.unload)
@@ -90,7 +107,7 @@ async def test_concurrent_callers_get_their_own_results(engine: SentenceTransfor
 
 
 async def test_token_id_input_matches_text_input(engine: SentenceTransformersEngine) -> None:
-    ids = [await engine.tokenize(t) for t in TEXTS]
+    ids = [engine.tokenize(t) for t in TEXTS]
     assert ids[0][0] != 101  # no [CLS]: plain text tokens, as OpenAI's token arrays carry
     by_ids = await engine.embed_tokens(ids)
     by_text = await engine.embed(TEXTS)
@@ -174,3 +191,78 @@ async def test_a_background_batch_yields_between_layers_to_an_interactive_first_
     # A batch at normal priority is not cut: the chat's step goes after it.
     gate, _ = await run(background=False)
     assert gate.steps == {"llm": 1, "embedding": 1}
+
+
+# -- inputs far past the model's limit are cut before the tokenizer reads them ------------------------
+
+def spy_on_tokenizer(engine: SentenceTransformersEngine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The longest text of each call of the model's tokenizer class, from now on."""
+    cls = type(engine._model.tokenizer)
+    original = cls.__call__
+    longest: list[int] = []
+
+    def spy(self: Any, text: Any = None, *args: Any, **kwargs: Any) -> Any:
+        texts = [text] if isinstance(text, str) else list(text or kwargs.get("text") or [])
+        longest.append(max((len(t) for t in texts if isinstance(t, str)), default=0))
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__call__", spy)
+    return longest
+
+
+async def test_a_huge_text_is_cut_before_tokenizing_with_the_same_vector_and_counts(
+    engine: SentenceTransformersEngine, reference: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sage_daemon.engines.sentence_transformers import CHARS_PER_TOKEN_BOUND
+
+    prose = " ".join(f"sentence {i} of a long document about token budgets." for i in range(1000))  # ~53k characters
+    cjk = "日本語の文章" * 5000  # no whitespace at all: a plain cut
+    expected = reference.encode([prose, cjk], normalize_embeddings=True)  # the whole texts, before the spy
+    whole_counts = [len(reference.tokenizer(t)["input_ids"]) for t in (prose, cjk)]
+    longest = spy_on_tokenizer(engine, monkeypatch)
+    result = await engine.embed(["short", prose, cjk])
+    np.testing.assert_allclose(np.array(result.vectors[1:]), expected, atol=1e-5)  # the model read the same 256 tokens
+    assert result.truncated == 2 and result.prompt_tokens == len(reference.tokenizer("short")["input_ids"]) + 2 * 256
+    # Counted on the kept prefix: fewer than the whole text has, more than the model reads.
+    assert all(256 < kept <= whole for kept, whole in zip(result.token_counts[1:], whole_counts))
+    assert longest and max(longest) <= 256 * CHARS_PER_TOKEN_BOUND < len(prose)
+
+
+async def test_a_cut_that_keeps_too_few_tokens_is_widened(engine: SentenceTransformersEngine, reference: Any) -> None:
+    # 120-character words are one [UNK] each: 8192 characters hold only ~67 tokens, fewer than the model reads.
+    text = " ".join(("w" * 119) + str(i % 10) for i in range(3000))
+    result = await engine.embed([text])
+    np.testing.assert_allclose(result.vectors[0], reference.encode([text], normalize_embeddings=True)[0], atol=1e-5)
+    assert result.truncated == 1 and result.token_counts[0] > 256 and result.prompt_tokens == 256
+
+
+# -- one bad input fails its call, not the engine ------------------------------------------------------
+
+async def test_bad_inputs_are_refused_as_the_clients_and_the_engine_goes_on(engine: SentenceTransformersEngine) -> None:
+    good = engine.tokenize("a good input")
+    with pytest.raises(InvalidRequestError, match=r"input\[1\]: token id 10000000 is outside") as info:
+        await engine.embed_tokens([good, [5, 10**7], good])
+    assert info.value.param == "input" and info.value.status == 400
+    with pytest.raises(InvalidRequestError, match=r"input\[0\]: token id -1"):
+        await engine.embed_tokens([[-1]])
+    with pytest.raises(InvalidRequestError, match=r"input\[1\] cannot be tokenized") as info:
+        await engine.embed(["fine", "a lone surrogate \ud800 here"])  # the tokenizer raises TypeError on it
+    assert info.value.param == "input"
+    assert engine.health().ok  # the worker lives on
+    after = await engine.embed_tokens([good])
+    np.testing.assert_allclose(after.vectors, (await engine.embed(["a good input"])).vectors, atol=1e-5)
+
+
+async def test_capabilities_and_a_blocking_tokenize_beside_running_batches(engine: SentenceTransformersEngine, reference: Any) -> None:
+    assert engine.accepts_token_ids is True and engine.supports_dimensions is False
+    texts = [f"text number {i} with some words" for i in range(40)]
+    got: dict[int, list[int]] = {}
+
+    async def tokenize(i: int) -> None:
+        got[i] = await trio.to_thread.run_sync(engine.tokenize, texts[i])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.embed, [LONG_TEXT] * 16)  # the worker's tokenizer busy meanwhile
+        for i in range(len(texts)):
+            nursery.start_soon(tokenize, i)
+    assert got == {i: reference.tokenizer(t, add_special_tokens=False)["input_ids"] for i, t in enumerate(texts)}

@@ -176,3 +176,21 @@ async def test_port_choice_is_wsl2_aware(nursery: trio.Nursery) -> None:
         assert port in SagePorts.ENGINE_RANGE
     pinned = VllmEngine(VllmSpec(name="m", model="m", port=8123), nursery=nursery)
     assert pinned._choose_port() == 8123
+
+
+async def test_capabilities_and_prepare_go_through_the_proxy(nursery: trio.Nursery) -> None:
+    from sage_daemon.core.errors import ContextOverflowError
+
+    engine = VllmEngine(child_spec(max_model_len=64), nursery=nursery)
+    request = GenerationRequest("r", SAMPLING, prompt="hi")
+    with pytest.raises(EngineError, match="not serving"):
+        engine.prepare(request)
+    await engine.load()
+    try:
+        assert isinstance(engine, LLMEngine) and (engine.n_ctx, engine.parallel) == (64, 16)
+        assert engine.accepts_token_ids and not engine.supports_dimensions and engine.max_seq_length == 64
+        assert await trio.to_thread.run_sync(engine.prepare, request) is request  # text: vLLM counts its tokens
+        with pytest.raises(ContextOverflowError):
+            engine.prepare(GenerationRequest("t", SAMPLING, prompt_tokens=tuple(range(50))))  # 50 + 16 > 64
+    finally:
+        await engine.unload()
