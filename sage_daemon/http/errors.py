@@ -1,8 +1,11 @@
 """OpenAI-shaped errors: one exception type for the door, and the translations into it.
 
 Every error the door answers is `{"error": {"message", "type", "param", "code"}}` with the
-matching status. `ApiError` is raised anywhere in a route (or made from a control-plane or
-validation error) and turned into a reply by the app's error handlers.
+matching status. `ApiError` is raised anywhere in a route (or made from a typed error of the
+layers below, or from a validation error) and turned into a reply by the app's error handlers.
+
+The typed errors (`sage_daemon.core.errors`) carry their own status, code, type, param and
+Retry-After; `from_exception` only reads them, so the HTTP door and the RPC door cannot disagree.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ import re
 
 import msgspec
 
-from sage_daemon.control.api import ControlPlaneError, QueueFullError
-from sage_daemon.engines.base import ChatTemplateMissingError, ContextOverflowError
+from sage_daemon.core.errors import typed_error
 from sage_daemon.http.schemas import ErrorDetail, ErrorResponse
 
-# OpenAI's `type` values per status (the SDKs switch on the status, people read the type).
+# OpenAI's `type` values per status, for the door's own errors (the SDKs switch on the status,
+# people read the type). Typed errors bring their own.
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -60,6 +63,11 @@ def unsupported(what: str, param: str) -> ApiError:
     return ApiError(400, f"{what} is not supported by this server", code="unsupported_parameter", param=param)
 
 
+def shutting_down() -> ApiError:
+    """The answer to a request that arrives during the drain (on a connection still open)."""
+    return ApiError(503, "the daemon is shutting down; retry once it is back", code="shutting_down", headers={"Retry-After": "5"})
+
+
 _AT = re.compile(r" - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$")
 
 
@@ -84,16 +92,20 @@ def from_decode(exc: msgspec.DecodeError) -> ApiError:
 
 
 def from_exception(exc: BaseException, *, param_hint: str | None = None) -> ApiError | None:
-    """The door's answer to a typed error of the layers below, or None for a bug (a 500)."""
+    """The door's answer to `exc`: an ApiError as it is, a typed error as its attributes say, or
+    None for anything else (a bug: the caller answers 500 and logs it).
+
+    `param_hint` names the part of the body a 400 is about when the error names no field (an
+    engine's context overflow knows the prompt is too long, not whether it came as `messages`
+    or `prompt`)."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, QueueFullError):
-        retry = max(1, int(round(exc.retry_after_s + 0.499)))
-        return ApiError(429, exc.message, code=exc.code, param=exc.param, type=exc.type, headers={"Retry-After": str(retry)})
-    if isinstance(exc, ControlPlaneError):
-        return ApiError(exc.status, exc.message, code=exc.code, param=exc.param, type=exc.type)
-    if isinstance(exc, ContextOverflowError):
-        return ApiError(400, str(exc), code="context_length_exceeded", param=param_hint)
-    if isinstance(exc, ChatTemplateMissingError):
-        return ApiError(400, str(exc) or "this model has no chat template: use /v1/completions", code="chat_template_missing", param="model")
-    return None
+    typed = typed_error(exc)
+    if typed is None:
+        return None
+    retry_after = typed.retry_after_header()
+    param = typed.param if typed.param is not None or typed.status != 400 else param_hint
+    return ApiError(
+        typed.status, typed.message, code=typed.code, param=param, type=typed.type,
+        headers={"Retry-After": retry_after} if retry_after is not None else None,
+    )

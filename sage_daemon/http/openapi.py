@@ -1,4 +1,8 @@
-"""GET /openapi.json: an OpenAPI 3.1 document generated from the Structs that validate requests."""
+"""GET /openapi.json: an OpenAPI 3.1 document generated from the Structs that validate requests.
+
+The document says what the server does: a route needs the bearer key only when keys are
+configured (and the operational routes only when `http.public_health` is false too), so the
+app builds one document per (keys configured, public health) pair it meets."""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ def _json(ref: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": ref}}
 
 
-def openapi_document(version: str) -> dict[str, Any]:
+def openapi_document(version: str, *, keys: bool = True, public_health: bool = True) -> dict[str, Any]:
+    """`keys`: API keys are configured (the /v1 routes need one); `public_health`: /health,
+    /metrics, /version and /openapi.json need none even then."""
     types = [
         s.ChatCompletionRequest, s.ChatCompletion, s.ChatCompletionChunk,
         s.CompletionRequest, s.Completion,
@@ -25,7 +31,9 @@ def openapi_document(version: str) -> dict[str, Any]:
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
     ref = {t.__name__: schema for t, schema in zip(types, schemas, strict=True)}
     error = {"description": "An OpenAI-shaped error.", "content": _json(ref["ErrorResponse"])}
-    security = [{"bearer": []}]
+    retry_error = {**error, "description": "An OpenAI-shaped error; retry after Retry-After seconds.", "headers": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}}}}
+    guarded: dict[str, Any] = {"security": [{"bearer": []}]} if keys else {}
+    operational: dict[str, Any] = guarded if not public_health else {}
     priority_headers = [
         {
             "name": "X-SAGE-Priority", "in": "header", "required": False,
@@ -38,13 +46,13 @@ def openapi_document(version: str) -> dict[str, Any]:
             "schema": {"type": "integer", "minimum": 1, "maximum": 86400000},
         },
     ]
-    errors = {code: error for code in ("400", "401", "404", "413", "415", "429", "503")}
+    errors = {code: error for code in ("400", "401", "404", "413", "415")} | {"429": retry_error, "503": retry_error}
 
     def generation(request: str, reply: str, summary: str) -> dict[str, Any]:
         return {
             "post": {
                 "summary": summary,
-                "security": security,
+                **guarded,
                 "parameters": priority_headers,
                 "requestBody": {"required": True, "content": _json(ref[request])},
                 "responses": {
@@ -70,7 +78,7 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/v1/embeddings": {
                 "post": {
                     "summary": "Create embeddings",
-                    "security": security,
+                    **guarded,
                     "parameters": priority_headers,
                     "requestBody": {"required": True, "content": _json(ref["EmbeddingRequest"])},
                     "responses": {"200": {"description": "The embeddings.", "content": _json(ref["EmbeddingList"])}, **errors},
@@ -79,14 +87,14 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/v1/models": {
                 "get": {
                     "summary": "List the configured models, loaded or not",
-                    "security": security,
+                    **guarded,
                     "responses": {"200": {"description": "Every configured model.", "content": _json(ref["ModelList"])}, "401": error},
                 }
             },
             "/v1/models/{model}": {
                 "get": {
                     "summary": "Describe one model",
-                    "security": security,
+                    **guarded,
                     "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
                     "responses": {"200": {"description": "The model.", "content": _json(ref["Model"])}, "401": error, "404": error},
                 }
@@ -94,6 +102,7 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/health": {
                 "get": {
                     "summary": "Whether the daemon can serve",
+                    **operational,
                     "responses": {
                         "200": {"description": "Every required engine can serve.", "content": _json(ref["Health"])},
                         "503": {"description": "Not able to serve; `reasons` says why.", "content": _json(ref["Health"])},
@@ -103,12 +112,26 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "Prometheus text exposition.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                    **operational,
+                    "responses": {"200": {"description": "Prometheus text exposition.", "content": {"text/plain": {"schema": {"type": "string"}}}}, "401": error},
+                }
+            },
+            "/version": {
+                "get": {
+                    "summary": "The daemon's version",
+                    **operational,
+                    "responses": {
+                        "200": {
+                            "description": "The version.",
+                            "content": _json({"type": "object", "properties": {"version": {"type": "string"}}, "required": ["version"]}),
+                        },
+                        "401": error,
+                    },
                 }
             },
         },
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Required only when API keys are configured."}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "An API key (http.api_keys or http.api_key_file)."}},
         },
     }

@@ -4,6 +4,18 @@ Requests are decoded straight into these Structs, so the constraints here (`Meta
 validation at the door; `GET /openapi.json` is generated from the same Structs. Unknown
 fields are ignored, as OpenAI's SDKs and vLLM expect; fields we know and do not support are
 declared so that the route can refuse them by name.
+
+Every value that reaches an engine is bounded here (issue 22: one request must not be able to
+take down a batch), with OpenAI's limits where it documents one: `n` <= 16 (its own is 128, but
+each choice is a sequence of a local batch), `stop` at most 4 strings of at most 1,024
+characters each, `logit_bias` at most 300 entries (OpenAI's limit), `metadata` at most 16 pairs
+(keys <= 64, values <= 512 characters, as OpenAI's), `top_k` <= 1,048,576 (above every shipped
+vocabulary; the engine also turns a top_k at or above its vocabulary into "off"), `seed` an
+int64, `logprobs`/`top_logprobs` 0..20. The engines check again where a value crosses into C.
+
+Integers: JSON Schema counts 6.0 as an integer, so the door does too (`decode` in http/app.py
+turns whole floats into ints before validating), and /openapi.json accepts exactly what the
+server does; 6.5 is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +37,15 @@ MaxTokens = Annotated[int, Meta(ge=1, le=1_048_576)]
 ChoicesN = Annotated[int, Meta(ge=1, le=16, description="Choices to generate; each runs as its own sequence.")]
 Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 TokenId = Annotated[int, Meta(ge=0, le=2**31 - 1)]
-StopList = Annotated[list[str], Meta(max_length=4)]
+StopString = Annotated[str, Meta(max_length=1024)]
+StopList = Annotated[list[StopString], Meta(max_length=4)]
+TopK = Annotated[int, Meta(ge=0, le=1_048_576, description="vLLM's extension: keep the k likeliest tokens (0: off).")]
+Metadata = Annotated[
+    dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]],
+    Meta(max_length=16, description="Up to 16 pairs, as OpenAI's; `priority` is read as X-SAGE-Priority."),
+]
+LogitBiasMap = Annotated[dict[TokenIdKey, LogitBias], Meta(max_length=300, description="Token id -> bias added to its logit; at most 300 entries, as OpenAI's.")]
+NonEmptyText = Annotated[str, Meta(min_length=1, max_length=4_000_000)]
 PriorityName = Literal["critical", "high", "normal", "low", "background"]
 
 
@@ -78,17 +98,17 @@ class _SamplingFields(Struct, kw_only=True):
     temperature: Temperature | None = None
     top_p: TopP | None = None
     seed: Seed | None = None
-    stop: str | StopList | None = None
+    stop: StopString | StopList | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     n: ChoicesN | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
-    metadata: dict[str, str] | None = None
-    logit_bias: dict[TokenIdKey, LogitBias] | None = None  # token id -> bias added to its logit
+    metadata: Metadata | None = None
+    logit_bias: LogitBiasMap | None = None
     # vLLM's sampling extensions.
-    top_k: Annotated[int, Meta(ge=0)] | None = None
+    top_k: TopK | None = None
     min_p: TopP | None = None
     ignore_eos: bool | None = None
 
@@ -180,7 +200,7 @@ class CompletionRequest(_SamplingFields, kw_only=True):
     # Known but not supported.
     echo: bool | None = None
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: ChoicesN | None = None
 
 
 class CompletionLogprobs(Struct):
@@ -209,16 +229,17 @@ class Completion(Struct):
 
 # -- embeddings ---------------------------------------------------------------------------
 
-EmbeddingItem = str | TokenId | Annotated[list[TokenId], Meta(min_length=1)]
+# Empty strings are refused by the schema (an empty text has no embedding), as the server does.
+EmbeddingItem = NonEmptyText | TokenId | Annotated[list[TokenId], Meta(min_length=1)]
 
 
 class EmbeddingRequest(Struct, kw_only=True):
     model: ModelName
-    input: str | Annotated[list[EmbeddingItem], Meta(min_length=1, max_length=2048)]
+    input: NonEmptyText | Annotated[list[EmbeddingItem], Meta(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    dimensions: Annotated[int, Meta(ge=1, le=65_536)] | None = None
     user: str | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
 
 
 class Embedding(Struct):

@@ -1,6 +1,8 @@
-"""Server-sent events as OpenAI streams them, with no I/O: objects that turn generation chunks
-into the bytes of `data: {...}\\n\\n` events (hypercorn's protocol/IO split). The route owns the
-I/O: it feeds chunks in and writes out whatever bytes come back.
+"""OpenAI's replies from generation chunks, with no I/O (hypercorn's protocol/IO split):
+`ChatStream`/`CompletionStream` turn chunks into the bytes of `data: {...}\\n\\n` events, and
+`ChatReply`/`CompletionReply` assemble the one JSON reply of a request that did not ask to
+stream. The caller (http/generation.py) owns the I/O: it feeds chunks in and writes out what
+comes back.
 
 A chat stream is: one chunk per choice with the role in its delta, content deltas, a chunk with
 `finish_reason` per choice, the usage chunk (`choices: []`) when `stream_options.include_usage`
@@ -14,10 +16,13 @@ import msgspec
 
 from sage_daemon.engines.base import GenerationChunk, TokenLogprob
 from sage_daemon.http.schemas import (
+    ChatChoice,
     ChatChunkChoice,
+    ChatCompletion,
     ChatCompletionChunk,
     ChatDelta,
     ChatLogprobs,
+    ChatMessageOut,
     Completion,
     CompletionChoice,
     CompletionLogprobs,
@@ -197,3 +202,46 @@ class CompletionStream(_Stream):
         if self.include_usage:
             out += event(Completion(self.id, self.created, self.model, [], usage=self.usage()))
         return out + DONE
+
+
+class _Reply(_Stream):
+    """The text, log-probabilities and finish reason of each choice, gathered for one reply."""
+
+    def __init__(self, **kwargs: object):
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.texts = [""] * self.n
+        self.token_logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.n)]
+        self.reasons: list[str | None] = [None] * self.n
+
+    def feed(self, index: int, chunk: GenerationChunk) -> None:
+        if self.finished[index]:
+            return
+        self._count(index, chunk)
+        self.texts[index] += chunk.text
+        self.token_logprobs[index] += chunk.logprobs
+        if chunk.finish_reason is not None:
+            self.finished[index] = True
+            self.reasons[index] = public_finish_reason(chunk.finish_reason)
+
+
+class ChatReply(_Reply):
+    """A `chat.completion` for `n` choices of one request, assembled from their chunks."""
+
+    def reply(self) -> ChatCompletion:
+        """The reply; a choice that never said why it ended ended as a stop."""
+        choices = [
+            ChatChoice(i, ChatMessageOut("assistant", self.texts[i]), self.reasons[i] or "stop", chat_logprobs(self.token_logprobs[i]) if self.logprobs else None)
+            for i in range(self.n)
+        ]
+        return ChatCompletion(self.id, self.created, self.model, choices, self.usage())
+
+
+class CompletionReply(_Reply):
+    """A `text_completion` for `n` choices, assembled from their chunks."""
+
+    def reply(self) -> Completion:
+        choices = [
+            CompletionChoice(i, self.texts[i], self.reasons[i] or "stop", completion_logprobs(self.token_logprobs[i]) if self.logprobs else None)
+            for i in range(self.n)
+        ]
+        return Completion(self.id, self.created, self.model, choices, self.usage())

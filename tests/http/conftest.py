@@ -1,4 +1,5 @@
-"""Fixtures of the HTTP door: an in-process daemon whose control plane is the in-test fake."""
+"""Fixtures of the HTTP door: an in-process daemon whose control plane is the in-test fake,
+handed in through the daemon's plane_factory seam (the daemon runs it as it runs the real one)."""
 
 from __future__ import annotations
 
@@ -37,11 +38,15 @@ async def make_fake_daemon(clean_env: Path, nursery: trio.Nursery):  # noqa: ANN
         count += 1
         root = clean_env / f"d{count}"
         overrides = isolated_overrides(root) + [(key, value, "test") for key, value in settings]
-        instance = Daemon(load_config(None, overrides), None, overrides)
-        services = await nursery.start(instance.run)
-        control = FakeControlPlane(services.metrics)
-        services.control = control
-        return FakeDaemon(instance, control)
+        planes: list[FakeControlPlane] = []
+
+        def fake_plane(config: Any, node: Any, paths: Any, metrics: Any) -> FakeControlPlane:
+            planes.append(FakeControlPlane(metrics))
+            return planes[-1]
+
+        instance = Daemon(load_config(None, overrides), None, overrides, plane_factory=fake_plane)
+        await nursery.start(instance.run)
+        return FakeDaemon(instance, planes[0])
 
     yield make
     nursery.cancel_scope.cancel()

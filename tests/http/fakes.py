@@ -1,5 +1,6 @@
-"""A small in-test control plane implementing ControlPlaneAPI: models, scripted streams, typed
-errors on demand and metrics recorded the way the real one records them."""
+"""A small in-test control plane implementing ServedControlPlane (ControlPlaneAPI plus its
+lifetime): models, scripted streams, typed errors on demand and metrics recorded the way the real
+one records them. The daemon builds it through its `plane_factory` seam (tests/http/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import trio
 
 from sage_daemon.control.api import (
     EngineUnavailableError,
+    QueueSnapshot,
+    ShuttingDownError,
     HealthReport,
     InvalidRequestError,
     ModelInfo,
@@ -21,7 +24,7 @@ from sage_daemon.control.api import (
     RequestMeta,
 )
 from sage_daemon.core.metrics import Metrics
-from sage_daemon.engines.base import ChatTemplateMissingError, ContextOverflowError, EmbeddingResult, GenerationChunk, GenerationRequest
+from sage_daemon.engines.base import ChatTemplateMissingError, ContextOverflowError, EmbeddingResult, EngineError, GenerationChunk, GenerationRequest
 
 MODELS = [
     ModelInfo(id="chatty", kind="llm", backend="fake", state="ready", n_ctx=512, chat_template=True),
@@ -39,10 +42,14 @@ def fake_vector(text: str) -> list[float]:
 
 class FakeControlPlane:
     """Prompts steer it: QUEUE_FULL → 429, OVERFLOW → context overflow, BUG → a plain bug,
-    FAIL_MIDSTREAM → an engine error after two chunks, SLOW → tokens every 50 ms until closed."""
+    FAIL_MIDSTREAM → an engine error after two chunks, SLOW → tokens every 50 ms until closed,
+    RESTARTING → the engine is restarting (EngineError, as the real engines raise it), ERROR_CHUNK
+    → a chunk that reports a failure. Embedding inputs "RESTARTING" and "BUG" do the same."""
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
+        self.accepting = True
+        self.policy = "hybrid"
         self.healthy = True
         self.seen: list[tuple[str, RequestKind, GenerationRequest, RequestMeta]] = []
         self.embedded: list[tuple[str, list, RequestMeta]] = []
@@ -80,6 +87,10 @@ class FakeControlPlane:
             raise ContextOverflowError(600, request.sampling.max_tokens, 512)
         if "BUG" in text:
             raise RuntimeError("a bug in the fake")
+        if "RESTARTING" in text:
+            raise EngineError(f"the engine of model {model!r} is restarting", retry_after_s=0.4)
+        if not self.accepting:
+            raise ShuttingDownError("the daemon is shutting down; retry once it is back")
         self.seen.append((model, kind, request, meta))
         await trio.lowlevel.checkpoint()
         return self._stream(model, kind, text, request)
@@ -106,6 +117,9 @@ class FakeControlPlane:
                         word = words[produced]
                     if "FAIL_MIDSTREAM" in text and produced == 2:
                         raise EngineUnavailableError("engine for model 'chatty' died")
+                    if "ERROR_CHUNK" in text and produced == 1:
+                        yield GenerationChunk(finish_reason="error", error="decode failed")
+                        return
                     produced += 1
                     tracker.tokens(1)
                     if produced >= limit:
@@ -125,7 +139,40 @@ class FakeControlPlane:
             raise InvalidRequestError(f"model {model!r} does not support the dimensions parameter (its vectors have {info.dimensions})", param="dimensions")
         if inputs and not isinstance(inputs[0], str):
             raise InvalidRequestError("model 'emb' takes text, not token ids", param="input")
+        if "RESTARTING" in inputs:
+            raise EngineError(f"the engine of model {model!r} is restarting")
+        if "BUG" in inputs:
+            raise RuntimeError("a bug in the fake")
         self.embedded.append((model, inputs, meta))
         await trio.lowlevel.checkpoint()
         self.metrics.on_embedding_batch(model, len(inputs))
         return EmbeddingResult(vectors=[fake_vector(t) for t in inputs], prompt_tokens=sum(len(t.split()) for t in inputs), dimensions=4)
+
+    # -- the rest of ControlPlaneAPI, and the lifetime the daemon runs ----------------------
+
+    async def load(self, name: str) -> ModelInfo:
+        return self.get_model(name)
+
+    async def unload(self, name: str) -> ModelInfo:
+        return self.get_model(name)
+
+    def queue_snapshot(self) -> QueueSnapshot:
+        return QueueSnapshot(policy=self.policy, entries=[], running={"chatty": self.running})
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy
+
+    def set_policy(self, name: str) -> str:
+        previous, self.policy = self.policy, name
+        return previous
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+
+    async def aclose(self) -> None:
+        pass
