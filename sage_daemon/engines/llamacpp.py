@@ -542,7 +542,7 @@ class LlamaCppEngine:
         sampling = check_sampling(request.sampling, model.n_vocab)
         tokens = self._prompt_tokens(model, request)
         if len(tokens) + sampling.max_tokens > self.n_ctx:
-            raise ContextOverflowError(len(tokens), sampling.max_tokens, self.n_ctx)
+            raise ContextOverflowError(len(tokens), sampling.max_tokens, self.n_ctx, param="messages" if request.messages is not None else "prompt")
         return msgspec.structs.replace(request, sampling=sampling, prompt=None, messages=None, prompt_tokens=tuple(tokens.tolist()))
 
     # -- generation ----------------------------------------------------------------------------
