@@ -34,12 +34,6 @@ class ServiceError(Exception):
     """The service command cannot go on; the message says why and what to do instead."""
 
 
-class UnitFile(msgspec.Struct, frozen=True):
-    name: str
-    path: Path
-    text: str
-
-
 def user_unit_dir() -> Path:
     config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(config) / "systemd" / "user"

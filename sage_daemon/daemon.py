@@ -21,7 +21,6 @@ from typing import Any
 import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from sage_client import protocol as p
 from sage_client._version import __version__
@@ -30,7 +29,7 @@ from sage_daemon.control.api import ServedControlPlane
 from sage_daemon.control.gate import CpuGate
 from sage_daemon.control.plane import ControlPlane
 from sage_daemon.core.activation import ActivationError, take_activated_sockets
-from sage_daemon.core.config import LIVE_KEYS, Config, ConfigError, LoadedConfig, ModelConfig, diff_keys, load_config
+from sage_daemon.core.config import LIVE_KEYS, Config, ConfigError, LoadedConfig, ModelConfig, diff_keys, load_config, reload_refusal
 from sage_daemon.core.lifecycle import Lifecycle
 from sage_daemon.core.logging import log, set_level
 from sage_daemon.core.metrics import Metrics
@@ -43,6 +42,8 @@ from sage_daemon.engines.factory import make_factory
 from sage_daemon.engines.pool import EnginePool, Placement, estimate_memory_bytes
 from sage_daemon.engines.sources import SourceError, resolve_local_source
 from sage_daemon.http.app import create_app
+from sage_daemon.http.connections import check_somaxconn, hypercorn_config, raise_nofile_limit
+from sage_daemon.http.connections import serve as serve_http
 from sage_daemon.jobs.manager import JobManager
 from sage_daemon.rpc.handlers import make_handlers
 from sage_daemon.rpc.server import PeerPolicy, RpcServer, bind_unix_socket
@@ -76,7 +77,7 @@ def acquire_lock(paths: Paths) -> int:
     return fd
 
 
-def bind_tcp(host: str, port: int) -> socket.socket:
+def bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -87,7 +88,7 @@ def bind_tcp(host: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise PortInUseError(host, port, port_holder(port)) from None
         raise StartupError(f"cannot bind {host}:{port}: {exc.strerror}") from None
-    sock.listen(1024)
+    sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
 
@@ -156,7 +157,10 @@ class Daemon:
             except ActivationError as exc:
                 raise StartupError(str(exc)) from None
             # Sockets systemd passed are its own: used as they are, never unlinked by us.
-            http_sock = activated.http or bind_tcp(config.http.host, config.http.port)
+            http_sock = activated.http or bind_tcp(config.http.host, config.http.port, config.http.backlog)
+            for warning in (check_somaxconn(config.http.backlog), raise_nofile_limit(config.http.max_connections)):
+                if warning:
+                    log(logger, logging.WARNING, warning)
             stack.callback(http_sock.close)
             if activated.rpc is not None:
                 rpc_sock = trio.socket.from_stdlib_socket(activated.rpc)
@@ -193,12 +197,8 @@ class Daemon:
                 peer_policy=PeerPolicy(config.rpc.group),
                 max_frame_bytes=config.rpc.max_frame_bytes,
             )
-            hyper = HypercornConfig()
             # Hypercorn closes the socket it is given: give it its own descriptor of ours.
-            hyper.bind = [f"fd://{os.dup(http_sock.fileno())}"]
-            hyper.graceful_timeout = config.daemon.drain_grace_s
-            hyper.accesslog = None
-            hyper.errorlog = logging.getLogger("sage.http.server")
+            hyper = hypercorn_config(config.http, config.daemon.drain_grace_s, f"fd://{os.dup(http_sock.fileno())}")
 
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
@@ -225,8 +225,9 @@ class Daemon:
             log(logger, logging.INFO, "stopped")
             self.notifier.close()
 
-    async def _serve_http(self, app: Any, hyper: HypercornConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        await hypercorn_serve(app, hyper, shutdown_trigger=self._http_shutdown.wait, task_status=task_status)
+    async def _serve_http(self, app: Any, hyper: HypercornConfig, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        # The door's own serve: hypercorn's worker with a connection cap and the closes hypercorn misses.
+        await serve_http(app, hyper, max_connections=self.loaded.config.http.max_connections, shutdown_trigger=self._http_shutdown.wait, task_status=task_status)
 
     async def _serve_rpc(self, rpc: RpcServer, sock: Any, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with scope:
@@ -260,6 +261,12 @@ class Daemon:
         except ConfigError as exc:
             log(logger, logging.ERROR, "config reload failed; keeping the running config", error=str(exc))
             self.notifier.status("serving (config reload failed)")
+            return
+        refusal = reload_refusal(self.loaded, fresh)
+        if refusal is not None:
+            # An emptied or half-written file must not silently drop the API keys (or anything else).
+            log(logger, logging.ERROR, refusal)
+            self.notifier.status("serving (config reload refused)")
             return
         changed = diff_keys(self.loaded.config, fresh.config)
         live = [key for key in changed if key in LIVE_KEYS]
