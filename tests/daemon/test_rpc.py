@@ -187,3 +187,27 @@ async def test_real_daemon_sends_not_found_model_not_found_and_invalid_state(dae
     done = await call(daemon, "job.wait", {"id": job.id, "timeout_s": 30})
     assert done.job.state == "succeeded"
     assert await code_of("job.cancel", {"id": job.id}) == p.ErrorCode.INVALID_STATE
+
+
+def test_peer_roles_and_the_methods_a_user_peer_may_call() -> None:
+    import grp
+    import os
+
+    from sage_daemon.rpc.server import USER_METHODS, Peer, PeerPolicy
+
+    group = grp.getgrgid(os.getgid())
+    stranger = 54321  # no such user: the group is matched on the gid SO_PEERCRED reports
+    assert PeerPolicy(group.gr_name).role_of(os.geteuid(), 99999) == "admin"
+    assert PeerPolicy(group.gr_name).role_of(0, 99999) == "admin"
+    assert PeerPolicy(group.gr_name).role_of(stranger, group.gr_gid) == "user"
+    assert PeerPolicy(group.gr_name, "admin").role_of(stranger, group.gr_gid) == "admin"
+    assert PeerPolicy().role_of(stranger, group.gr_gid) is None
+
+    policy = PeerPolicy(group.gr_name)
+    user, admin = Peer(1, stranger, group.gr_gid, "user"), Peer(1, 0, 0, "admin")
+    admin_only = {m for m in p.METHODS if policy.refusal(user, m) is not None}
+    assert admin_only == {"config.show", "policy.set", "load", "unload", "collection.drop"}
+    assert all(policy.refusal(admin, m) is None for m in p.METHODS)
+    message = policy.refusal(user, "policy.set") or ""
+    assert f"uid {stranger}" in message and '[rpc].group_role = "admin"' in message
+    assert USER_METHODS <= set(p.METHODS), "USER_METHODS names a method the protocol does not declare"
