@@ -119,3 +119,34 @@ def test_completion_stream_logprobs_count_text_offsets_across_events() -> None:
     first, second = (c["choices"][0]["logprobs"] for c in events(out))
     assert first == {"tokens": ["a", "b"], "token_logprobs": [-1.0, -0.2], "top_logprobs": [{"b": -0.5, "a": -1.0}, {"b": -0.2}], "text_offset": [0, 1]}
     assert second == {"tokens": ["cd"], "token_logprobs": [-0.3], "top_logprobs": [{"cd": -0.3}], "text_offset": [2]}
+
+
+# -- the non-streamed reply: ChatReply / CompletionReply ------------------------------------------
+
+
+def test_chat_reply_gathers_each_choice_and_counts_usage_once_per_prompt() -> None:
+    from sage_daemon.http.sse import ChatReply
+
+    reply = ChatReply(id="chatcmpl-1", model="m", created=7, n=2, logprobs=True)
+    top = TokenLogprob("Hi", (72, 105), -0.1, (TopLogprob("Hi", (72, 105), -0.1),))
+    reply.feed(1, GenerationChunk(text="Yo", token_ids=(9,)))
+    reply.feed(0, GenerationChunk(text="Hi", token_ids=(1,), logprobs=(top,)))
+    reply.feed(0, GenerationChunk(text="!", finish_reason="length", prompt_tokens=4, completion_tokens=2))
+    reply.feed(0, GenerationChunk(text="late"))  # after its finish: ignored
+    reply.feed(1, GenerationChunk(finish_reason="cancelled", prompt_tokens=4))
+    body = reply.reply()
+    assert body.object == "chat.completion" and (body.id, body.model, body.created) == ("chatcmpl-1", "m", 7)
+    assert [(c.index, c.message.role, c.message.content, c.finish_reason) for c in body.choices] == [(0, "assistant", "Hi!", "length"), (1, "assistant", "Yo", "stop")]
+    assert body.choices[0].logprobs.content[0].token == "Hi" and body.choices[1].logprobs.content == []
+    assert (body.usage.prompt_tokens, body.usage.completion_tokens, body.usage.total_tokens) == (4, 3, 7)
+
+
+def test_completion_reply_without_logprobs_and_a_choice_that_never_finished() -> None:
+    from sage_daemon.http.sse import CompletionReply
+
+    reply = CompletionReply(id="cmpl-1", model="m", created=7, n=2, prompt_of=[0, 1])
+    reply.feed(0, GenerationChunk(text="a", finish_reason="stop", prompt_tokens=3, completion_tokens=1))
+    reply.feed(1, GenerationChunk(text="b", token_ids=(5,), prompt_tokens=2))
+    body = reply.reply()
+    assert [(c.text, c.finish_reason, c.logprobs) for c in body.choices] == [("a", "stop", None), ("b", "stop", None)]
+    assert (body.usage.prompt_tokens, body.usage.completion_tokens) == (5, 2), "two prompts, each counted"
