@@ -249,9 +249,10 @@ async def test_cancelling_the_consumer_closes_the_stream(openai_child: ChildServ
 
 class ScriptedRemote:
     """A real HTTP server on loopback that serves model `m` and answers each POST path with the
-    status and OpenAI-shaped error body given in `replies` (what a vLLM or OpenAI server sends)."""
+    status and OpenAI-shaped error body given in `replies` (what a vLLM or OpenAI server sends),
+    with raw stream pieces, or with what a function of the request body returns."""
 
-    def __init__(self, replies: dict[str, tuple[int, dict[str, Any]] | list[bytes]]):
+    def __init__(self, replies: dict[str, Any]):
         import http.server
         import json
         import threading
@@ -272,8 +273,10 @@ class ScriptedRemote:
                 self._send(200, models) if self.path == "/v1/models" else self._send(404, {"detail": "Not Found"})
 
             def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 reply = replies[self.path]
+                if callable(reply):
+                    reply = reply(body)
                 if isinstance(reply, tuple):
                     self._send(*reply)
                     return
