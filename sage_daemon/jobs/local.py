@@ -80,7 +80,7 @@ class CpuWorker:
     def __init__(self, stage: PhysicalStage, ctx: RunContext):
         self.stage = stage
         self.ctx = ctx
-        self.batch = ops.BatchOp(stage.ops[0].size) if isinstance(stage.ops[0], s.Batch) else None  # type: ignore[attr-defined]
+        self.batch = ops.BatchOp(stage.ops[0].size) if isinstance(stage.ops[0], s.Batch) else None
         self.chain = [] if self.batch else [ops.item_op(op, stage.functions[n]() if n in stage.functions else None) for n, op in enumerate(stage.ops)]
 
     def _one(self, item: Any) -> list[Any]:

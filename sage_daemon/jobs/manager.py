@@ -9,6 +9,7 @@ second and read live by `show`/`watch` meanwhile.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import json
 import logging
@@ -328,7 +329,7 @@ class JobManager:
         return _summary(row)
 
     async def _row(self, job_id: int) -> JobRow:
-        row = await self._store(self.store.get, job_id)
+        row: JobRow | None = await self._store(self.store.get, job_id)
         if row is None:
             raise JobNotFoundError(f"no job {job_id}")
         return row
@@ -364,7 +365,7 @@ class JobManager:
             results=await trio.to_thread.run_sync(self._results, row, results) if results else [], notes=notes,
         )
 
-    def _results(self, row: JobRow, limit: int) -> list[Any]:
+    def _results(self, row: JobRow, limit: int) -> builtins.list[Any]:
         path = row.result_location
         if not path or path.startswith("collection:") or not os.path.exists(path):
             return []
@@ -432,7 +433,7 @@ class JobManager:
 
     # ------------------------------------------------------------------ model calls of remote stages
 
-    async def embed_for_stage(self, model: str, texts: list[str], priority: str = "background") -> list[list[float]]:
+    async def embed_for_stage(self, model: str, texts: builtins.list[str], priority: str = "background") -> builtins.list[builtins.list[float]]:
         return await PlaneModels(self.plane, Priority.parse(priority), 0).embed(model, texts)
 
     async def generate_for_stage(self, params: p.JobGenerateParams) -> tuple[str, str]:
@@ -450,7 +451,7 @@ class JobManager:
 
     # ------------------------------------------------------------------ collections
 
-    async def collection_list(self) -> list[p.CollectionRow]:
+    async def collection_list(self) -> builtins.list[p.CollectionRow]:
         return [_collection(c) for c in await trio.to_thread.run_sync(self.collections.list)]
 
     async def collection_show(self, name: str) -> p.CollectionRow:

@@ -124,7 +124,7 @@ def _as_record(item: Any, field: str) -> dict[str, Any]:
     return item if isinstance(item, dict) else {field: item}
 
 
-class _SafeFormat(dict):
+class _SafeFormat(dict[str, Any]):
     def __missing__(self, key: str) -> Any:
         raise KeyError(f"the template uses {{{key}}} and the item has no field {key!r}")
 

@@ -9,6 +9,7 @@ on a worker thread, one at a time.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from sage_client.protocol import JOB_STATES, TERMINAL_JOB_STATES
+from sage_client.protocol import JOB_STATES, TERMINAL_JOB_STATES, JobState
 
 # The protocol's spelling of the states (sagectl and the handlers use the same names).
 TERMINAL = TERMINAL_JOB_STATES
@@ -71,7 +72,7 @@ CREATE TABLE IF NOT EXISTS stages (
 class JobRow(msgspec.Struct):
     id: int
     name: str
-    state: str
+    state: JobState
     created_at: float
     started_at: float | None
     finished_at: float | None
@@ -211,9 +212,12 @@ class JobStore:
 
     @staticmethod
     def _job(row: tuple[Any, ...]) -> JobRow:
-        return JobRow(*row[:11], bool(row[11]), json.loads(row[12]), row[13], row[14], row[15])
+        return JobRow(
+            row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
+            bool(row[11]), json.loads(row[12]), row[13], row[14], row[15],
+        )
 
-    def list(self, state: str = "", limit: int = 50, owner_uid: int | None = None) -> list[JobRow]:
+    def list(self, state: str = "", limit: int = 50, owner_uid: int | None = None) -> builtins.list[JobRow]:
         """Newest first; only jobs in `state` and of `owner_uid` when given."""
         clauses: list[str] = []
         args: list[Any] = []
@@ -230,15 +234,15 @@ class JobStore:
         ).fetchall()
         return [self._job(r) for r in rows]
 
-    def queued(self) -> list[int]:
+    def queued(self) -> builtins.list[int]:
         return [r[0] for r in self.db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id")]
 
-    def stages(self, job_id: int) -> list[StageRow]:
+    def stages(self, job_id: int) -> builtins.list[StageRow]:
         rows = self.db.execute(
             "SELECT idx, name, ops, kind, parallelism, node, reason, items_in, items_out, errors, done FROM stages WHERE job_id = ? ORDER BY idx", (job_id,)
         ).fetchall()
-        return [StageRow(*r[:10], bool(r[10])) for r in rows]
+        return [StageRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], bool(r[10])) for r in rows]
 
-    def events(self, job_id: int, after: int = 0, limit: int = 1000) -> list[EventRow]:
+    def events(self, job_id: int, after: int = 0, limit: int = 1000) -> builtins.list[EventRow]:
         rows = self.db.execute("SELECT seq, job_id, ts, level, message FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?", (job_id, after, limit)).fetchall()
         return [EventRow(*r) for r in rows]
