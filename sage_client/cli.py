@@ -453,7 +453,8 @@ def _short(value: Any, width: int = 60) -> str:
 def _as_dict(value: Any) -> dict[str, Any]:
     import msgspec
 
-    return msgspec.to_builtins(value)
+    result: dict[str, Any] = msgspec.to_builtins(value)
+    return result
 
 
 def _common_options(suppress: bool) -> argparse.ArgumentParser:

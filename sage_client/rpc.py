@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ class RpcClient:
             if isinstance(message, (p.Reply, p.End)) and message.id == request_id:
                 return _typed(method, message.result)
 
-    def stream(self, method: str, params: Any = None) -> Iterator[Any]:
+    def stream(self, method: str, params: Any = None) -> Generator[Any, None, Any]:
         """Items of a streamed reply as they arrive; the final result is the generator's return value."""
         request_id = self._request(method, params)
         while True:
