@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+import string
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,6 +54,7 @@ class JobAccess(msgspec.Struct):
     reads: list[str]
     writes: list[str]
     functions: list[str]  # "module:attr" as named; "<python NAME>" for in-process objects
+    template_fields: list[str] = []  # the fields prompt templates format (not logged: they read items)
 
     def fields(self) -> dict[str, str]:
         """key=value fields for the daemon log."""
@@ -82,6 +84,7 @@ def job_access(spec: s.PipelineSpec, base_dir: str) -> JobAccess:
     reads: list[str] = []
     writes: list[str] = []
     functions: list[str] = []
+    template_fields: list[str] = []
     for stage in spec.stages:
         if isinstance(stage, s.FromFiles):
             reads += [_absolute(base_dir, path) for path in stage.paths]
@@ -89,10 +92,15 @@ def job_access(spec: s.PipelineSpec, base_dir: str) -> JobAccess:
             reads.append(_absolute(base_dir, stage.path))
         elif isinstance(stage, s.ToJsonl):
             writes.append(_absolute(base_dir, stage.path))
+        elif isinstance(stage, s.Prompt):
+            try:
+                template_fields += [name for _, name, _, _ in string.Formatter().parse(stage.template) if name]
+            except ValueError:
+                pass  # the planner reports the broken template
         fn = getattr(stage, "fn", None)
         if fn is not None and fn != "":
             functions.append(_function_name(fn))
-    return JobAccess(reads, writes, functions)
+    return JobAccess(reads, writes, functions, template_fields)
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -139,6 +147,10 @@ def submit_refusal(access: JobAccess, who: Principal, allowed_roots: list[str], 
             if not under_roots(os.path.realpath(prefix), roots):
                 where = f"allowed: {', '.join(roots)}" if roots else "[jobs].allowed_roots is empty"
                 return f"{who}: a job may not {verb} {path} ({where}); {ROOTS_HINT}"
+    for name in access.template_fields:
+        # str.format follows attributes: {text.__class__.__mro__} walks the daemon's objects.
+        if "__" in name:
+            return f"{who}: prompt template field {{{name}}}: a user peer's template may not reach dunder attributes; use the item's fields by name"
     modules = tuple(allowed_modules)
     for name in access.functions:
         module, sep, attr = name.partition(":")

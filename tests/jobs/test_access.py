@@ -70,6 +70,9 @@ def test_submit_refusal_for_paths_and_functions(tmp_path: Path) -> None:
     named = refusal({"op": "from_items", "items": [1]}, {"op": "map", "fn": "os:system"}, collect)
     assert named is not None and "'os:system'" in named and "[jobs].allowed_function_modules is empty" in named and "uid 1234 (user)" in named
     assert refusal({"op": "from_items", "items": [1]}, {"op": "map", "fn": "tests.jobs.helpers:upper"}, collect, modules=HELPERS) is None
+    dunder = refusal({"op": "from_items", "items": [{"q": "x"}]}, {"op": "prompt", "template": "{q.__class__.__mro__}"}, collect)
+    assert dunder is not None and "dunder" in dunder
+    assert refusal({"op": "from_items", "items": [{"q": "x"}]}, {"op": "prompt", "template": "Q: {q} {contexts[0]}"}, collect) is None
     # Admins: no rule applies.
     access = job_access(spec({"op": "from_files", "paths": ["/etc/shadow"]}, {"op": "map", "fn": "os:system"}, collect), "/")
     assert submit_refusal(access, ADMIN, [], []) is None
