@@ -28,7 +28,7 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import numpy as np
@@ -196,8 +196,9 @@ class _Model:
         self.model = llama_cpp.llama_model_load_from_file(spec.model_path.encode(), mparams)
         if not self.model:
             raise EngineError(f"llama.cpp could not load the model file {spec.model_path!r}")
-        self.ctx = None
-        self.batch = None
+        # ctypes objects of an untyped library; None once freed.
+        self.ctx: Any = None
+        self.batch: Any = None
         try:
             self.vocab = llama_cpp.llama_model_get_vocab(self.model)
             self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
@@ -453,7 +454,8 @@ class LlamaCppEngine:
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """Token ids of `text` as a completion prompt would get them (BOS when the model wants one)."""
-        return self._require_model().tokenize(text, add_special, True).tolist()
+        ids: list[int] = self._require_model().tokenize(text, add_special, True).tolist()
+        return ids
 
     def detokenize(self, token_ids: list[int] | tuple[int, ...]) -> str:
         """The text of generated token ids, as the stream emits it (special tokens render as nothing)."""
@@ -472,7 +474,7 @@ class LlamaCppEngine:
         quarter of the weights' bytes (SmolLM2-135M: ~1,000 cells; a 7B model: ~8,000)."""
         if self.spec.idle_cache_tokens is not None:
             return self.spec.idle_cache_tokens
-        return min(self.n_ctx, model.weights_bytes // 4 // max(1, model.kv_bytes_per_cell))
+        return min(self.n_ctx, int(model.weights_bytes // 4 // max(1, model.kv_bytes_per_cell)))
 
     def _make_chat_formatter(self, model: _Model) -> object | None:
         template = self.spec.chat_format or model.gguf_chat_template
@@ -501,7 +503,8 @@ class LlamaCppEngine:
             result = formatter(messages=[{"role": m.role, "content": m.content} for m in messages])  # type: ignore[operator]
         except jinja2.TemplateError as exc:  # the template's raise_exception: roles out of order...
             raise InvalidRequestError(f"the chat template of {self.name!r} refused the messages: {exc}", param="messages") from exc
-        return result.prompt
+        prompt: str = result.prompt
+        return prompt
 
     def _prompt_tokens(self, model: _Model, request: GenerationRequest) -> npt.NDArray[np.int32]:
         given = sum(x is not None for x in (request.prompt, request.messages, request.prompt_tokens))
@@ -661,8 +664,8 @@ class LlamaCppEngine:
         self._publish(scheduler)
         if not plan.items:
             return
-        logit_rows = self._fill_batch(model, plan)
-        if not self._decode_step(model, plan):  # preempted: llama.cpp dropped the step's cells; the tokens go again
+        n_tokens, logit_rows = self._fill_batch(model, plan)
+        if not self._decode_step(model, plan, n_tokens):  # preempted: llama.cpp dropped the step's cells; the tokens go again
             scheduler.unschedule(plan)
             self._preempted_steps += 1
             return
@@ -674,9 +677,9 @@ class LlamaCppEngine:
         self._publish(scheduler)  # before delivering: a caller that saw its final chunk sees its slot freed
         self._deliver(outbox)
 
-    def _fill_batch(self, model: _Model, plan: StepPlan) -> list[int]:
-        """Write the plan's items into the one reusable batch: the batch rows that get logits,
-        aligned with `plan.sampling`."""
+    def _fill_batch(self, model: _Model, plan: StepPlan) -> tuple[int, list[int]]:
+        """Write the plan's items into the one reusable batch: its number of tokens, and the batch
+        rows that get logits (aligned with `plan.sampling`)."""
         n = 0
         logit_rows: list[int] = []
         token_view, pos_view, logits_view, seq_ids = model.batch_token, model.batch_pos, model.batch_logits, model.batch_seq_ids
@@ -693,16 +696,16 @@ class LlamaCppEngine:
                 logit_rows.append(n + k - 1)
             n += k
         model.batch.n_tokens = n
-        return logit_rows
+        return n, logit_rows
 
-    def _decode_step(self, model: _Model, plan: StepPlan) -> bool:
+    def _decode_step(self, model: _Model, plan: StepPlan, n_tokens: int) -> bool:
         """Decode the filled batch; an interactive submit may abort it when the scheduler marked it
         preemptible (`_post` reads the flag). False when it was cut short."""
         with self._cond:
             model.abort_flag[0] = 0
             self._preemptible_step = plan.preemptible
         try:
-            return self._decode_batch(model, model.batch.n_tokens)
+            return self._decode_batch(model, n_tokens)
         finally:
             with self._cond:
                 self._preemptible_step = False

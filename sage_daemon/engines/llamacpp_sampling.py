@@ -144,7 +144,7 @@ class Sampler:
             # As OpenAI (and llama.cpp's penalties sampler) define them: count x frequency, plus presence once.
             row[self._seen_ids] -= self._counts[self._seen_ids] * p.frequency_penalty + p.presence_penalty
         u = self._rng.random() if self._rng is not None else 0.0
-        token = sample_logits(row, p.temperature, self._top_k, p.top_p, p.min_p, u)
+        token: int = sample_logits(row, p.temperature, self._top_k, p.top_p, p.min_p, u)
         if self._counts is not None:
             if self._counts[token] == 0:
                 self._seen.append(token)
