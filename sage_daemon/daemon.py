@@ -194,7 +194,7 @@ class Daemon:
                 make_handlers(services),
                 welcome=lambda: p.Welcome(p.PROTOCOL_VERSION, __version__, os.getpid(), services.http_url),
                 lifecycle=self.lifecycle,
-                peer_policy=PeerPolicy(config.rpc.group),
+                peer_policy=PeerPolicy(config.rpc.group, config.rpc.group_role),
                 max_frame_bytes=config.rpc.max_frame_bytes,
             )
             # Hypercorn closes the socket it is given: give it its own descriptor of ours.
@@ -260,13 +260,13 @@ class Daemon:
             fresh = load_config(self.config_file, self.overrides)
         except ConfigError as exc:
             log(logger, logging.ERROR, "config reload failed; keeping the running config", error=str(exc))
-            self.notifier.status("serving (config reload failed)")
+            self.notifier.notify("READY=1", "STATUS=serving (config reload failed)")
             return
         refusal = reload_refusal(self.loaded, fresh)
         if refusal is not None:
             # An emptied or half-written file must not silently drop the API keys (or anything else).
             log(logger, logging.ERROR, refusal)
-            self.notifier.status("serving (config reload refused)")
+            self.notifier.notify("READY=1", "STATUS=serving (config reload refused)")  # systemd waits for READY=1 after RELOADING=1
             return
         changed = diff_keys(self.loaded.config, fresh.config)
         live = [key for key in changed if key in LIVE_KEYS]

@@ -20,12 +20,31 @@ fi
 # engine threads (a second model, torch for embeddings), and once a second thread has an OpenMP
 # team libgomp stops spinning at llama.cpp's barriers: decoding falls to ~0.7x (docs/BENCHMARKS.md).
 # Not from pip's wheel cache, which may hold a build with OpenMP.
+# Without AMX: -march=native turns AMX on where the CPU lists it, but a virtual machine may not
+# enable its tile state, and then the first prompt-sized matrix product dies with SIGILL
+# (seen on Firecracker guests). So: no -march=native; the x86 features /proc/cpuinfo lists, AMX left out.
 LLAMA_SPEC="llama-cpp-python>=0.3.16"
+llama_cmake_args() {
+    local args="-DGGML_OPENMP=OFF"
+    if [ "$(uname -m)" = x86_64 ] && [ -r /proc/cpuinfo ]; then
+        local flags
+        flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+        args="$args -DGGML_NATIVE=OFF"
+        local pair
+        for pair in avx:AVX avx2:AVX2 avx_vnni:AVX_VNNI fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 \
+                    avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
+            if [[ "$flags" == *" ${pair%%:*} "* ]]; then
+                args="$args -DGGML_${pair#*:}=ON"
+            fi
+        done
+    fi
+    echo "$args ${CMAKE_ARGS:-}"
+}
 if [[ ",$EXTRAS," == *",cpu,"* ]]; then
     if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
-        CMAKE_ARGS="-DGGML_OPENMP=OFF ${CMAKE_ARGS:-}" "$VENV/bin/python" -m pip install --quiet --no-cache-dir "$LLAMA_SPEC"
-    elif "$VENV/bin/python" -c "import sys, llama_cpp; sys.exit('OPENMP = 1' not in llama_cpp.llama_print_system_info().decode())"; then
-        CMAKE_ARGS="-DGGML_OPENMP=OFF ${CMAKE_ARGS:-}" "$VENV/bin/python" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "$LLAMA_SPEC"
+        CMAKE_ARGS="$(llama_cmake_args)" "$VENV/bin/python" -m pip install --quiet --no-cache-dir "$LLAMA_SPEC"
+    elif "$VENV/bin/python" -c "import sys, llama_cpp; info = llama_cpp.llama_print_system_info().decode(); sys.exit('OPENMP = 1' not in info and 'AMX_INT8 = 1' not in info)"; then
+        CMAKE_ARGS="$(llama_cmake_args)" "$VENV/bin/python" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "$LLAMA_SPEC"
     fi
 fi
 "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
