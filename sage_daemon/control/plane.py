@@ -37,6 +37,7 @@ from sage_daemon.control.api import (
 from sage_daemon.control.gate import CpuGate
 from sage_daemon.control.policies import POLICIES, Admit, BatchLimits, Expire, PolicySettings, QueueState, RunBatch, Ticket
 from sage_daemon.core.config import ControlConfig
+from sage_daemon.core.errors import UpstreamError
 from sage_daemon.core.logging import log
 from sage_daemon.engines.base import (
     EmbeddingEngine,
@@ -358,14 +359,16 @@ class ControlPlane:
             # A batch of job-stage work only may be held back at the CPU gate for interactive chats.
             background = all(t.meta.background for t in group)
             result = await call(inputs, dimensions, background=background)
-        except InvalidRequestError as exc:  # the engine found an input wrong (token ids outside the vocabulary...)
-            if len(group) > 1:
+        except (InvalidRequestError, UpstreamError) as exc:  # an input refused (by the engine or a remote server)
+            if len(group) > 1 and exc.status < 500:
                 # One request's bad input must not fail the others batched with it: each goes again alone.
                 for ticket in group:
                     await self._embed_group(model, [ticket], as_tokens, dimensions)
                 return
+            if isinstance(exc, InvalidRequestError):
+                exc = InvalidRequestError(exc.message, param=exc.param or "input")
             for ticket in group:
-                ticket.outcome = InvalidRequestError(exc.message, param=exc.param or "input")
+                ticket.outcome = exc
             return
         except Exception as exc:
             log(logger, logging.ERROR, "embedding batch failed", model=model, inputs=len(inputs), error=str(exc))

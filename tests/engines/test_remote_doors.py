@@ -22,8 +22,6 @@ TOO_LONG = "This model's maximum context length is 64 tokens. However, you reque
 NO_MODEL = "The model `m` does not exist."
 REFUSED = "REFUSE ME"  # a text this remote refuses (our door checks inputs itself, so it must look fine to us)
 REFUSAL = "'input' : this input breaks the remote's rules"
-# The plane's _embed_group still turns every non-InvalidRequestError into a 503 for the whole group.
-PLANE_PENDING = pytest.mark.xfail(strict=True, reason="control/plane.py _embed_group: UpstreamError not yet passed on (lead's change)")
 
 
 def embeddings(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -84,7 +82,6 @@ def test_http_door_answers_the_remotes_400_and_404(setup: Setup, stream: bool) -
         assert (error["message"], error["code"], error["param"]) == (NO_MODEL, "model_not_found", "model")
 
 
-@PLANE_PENDING
 def test_http_door_answers_the_remotes_400_for_an_embedding_input(setup: Setup) -> None:
     with httpx.Client(base_url=setup.url, timeout=60) as http:
         good = http.post("/v1/embeddings", json={"model": "up-embed", "input": ["fine"]})
@@ -105,7 +102,6 @@ def test_rpc_door_answers_the_remotes_400_and_404(setup: Setup) -> None:
         assert info.value.code == ErrorCode.NOT_FOUND and NO_MODEL in info.value.message
 
 
-@PLANE_PENDING
 def test_rpc_door_answers_the_remotes_400_for_an_embedding_input(setup: Setup) -> None:
     with RpcClient(setup.daemon.socket, timeout=60) as rpc:
         assert rpc.call("job.embed", JobEmbedParams(model="up-embed", texts=["fine"])).vectors == [[1.0, 0.0, 0.0]]
