@@ -14,7 +14,7 @@ import base64
 import logging
 import re
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -61,7 +61,8 @@ class DoorHTTPConnection(TrioASGIHTTPConnection):
         try:
             await super().__call__(receive, send)
         finally:
-            for body in self.scope.get(_BODIES, ()):
+            bodies: list[SSEBody] = cast(dict[str, Any], self.scope).get(_BODIES, [])
+            for body in bodies:
                 await body.aclose()  # idempotent; shields itself
 
 
@@ -186,7 +187,7 @@ def _error_handlers(app: QuartTrio, services: Services) -> None:
 def _generation_routes(app: QuartTrio, services: Services) -> None:
     async def run(plan: Any) -> Response:
         generation = Generation(services.control, getattr(app, "nursery", None), services.lifecycle, plan, g.request_id)
-        bodies: list[SSEBody] = request.scope.setdefault(_BODIES, [])
+        bodies: list[SSEBody] = cast(dict[str, Any], request.scope).setdefault(_BODIES, [])
         return await respond(generation, bodies)
 
     @app.post("/v1/chat/completions")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -111,6 +111,7 @@ class Generation:
     async def _next_ok(self) -> Item | None:
         """The next (choice, chunk), the one read on entering first; None after the last. A
         chunk that reports a failure raises it."""
+        item: Item | None
         if self._first is not None:
             item, self._first = self._first, None
         else:
@@ -134,7 +135,7 @@ class Generation:
             collector.feed(*item)
         return collector.reply()
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self) -> AsyncGenerator[bytes, None]:
         """The SSE bytes of a streamed reply. An error after the first byte can no longer be a
         status: it is an error event, then [DONE]."""
         stream = (ChatStream if self.plan.kind == "chat" else CompletionStream)(**self._shape())

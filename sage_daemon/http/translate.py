@@ -8,9 +8,8 @@ Anything wrong that the schema cannot say raises an ApiError naming the field.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -22,6 +21,10 @@ from sage_daemon.http.errors import bad_request, unsupported
 CHAT_DEFAULT_MAX_TOKENS = 256
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for /v1/completions
 MAX_CHOICES = 64  # prompts x n of one completions request
+
+
+class Headers(Protocol):
+    def get(self, key: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class GenerationPlan:
 # -- scheduling hints -------------------------------------------------------------------------
 
 
-def request_meta(headers: Mapping[str, str], request_id: str, body_metadata: dict[str, str] | None) -> RequestMeta:
+def request_meta(headers: Headers, request_id: str, body_metadata: dict[str, str] | None) -> RequestMeta:
     """X-SAGE-Priority (or metadata.priority) and X-SAGE-Deadline-Ms → RequestMeta."""
     priority = Priority.NORMAL
     header = headers.get("X-SAGE-Priority")
