@@ -316,7 +316,7 @@ def _token_logprob(model: _Model, sampler: Sampler, token: int) -> TokenLogprob:
 class LlamaCppEngine:
     """An `LLMEngine` running a GGUF model in-process with continuous batching."""
 
-    kind: Literal["llm"] = "llm"
+    kind: Literal["llm", "embedding"] = "llm"  # the protocol's type: a mutable attribute must match it exactly
     backend = "llamacpp"
 
     def __init__(self, spec: LlamaCppSpec, gate: StepGate | None = None):

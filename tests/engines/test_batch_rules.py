@@ -73,7 +73,7 @@ def test_max_tokens_finishes_with_length_and_the_slot_keeps_the_fed_tokens() -> 
     a = seq(range(10, 14), max_tokens=2)
     plan = prefilled(sched, a)
     sched.update_from_output(plan, [7])
-    assert a.finish_reason is None
+    assert a.status is SeqStatus.DECODE  # 1 of 2 tokens: it goes on
     plan = sched.schedule()  # feeds 7
     assert sched.update_from_output(plan, [8]) == []  # the newest idle cache is always kept
     assert (a.finish_reason, a.output) == ("length", [7, 8])

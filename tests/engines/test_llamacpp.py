@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.resources
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -54,13 +55,16 @@ class ParkingGate:
         self._lock = threading.Lock()
         self.loop_waiting = threading.Event()
 
-    def acquire(self) -> None:
+    def acquire(self, background: bool = False) -> None:
         self.loop_waiting.set()
         self._lock.acquire()
         self.loop_waiting.clear()
 
     def release(self) -> None:
         self._lock.release()
+
+    def yield_to_interactive(self) -> None:
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +112,8 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:  # type: ignore[n
 
 
 def test_engine_satisfies_the_protocol(engine: LlamaCppEngine) -> None:
-    assert isinstance(engine, LLMEngine)
+    as_protocol: LLMEngine = engine  # the structural check is mypy's (attribute types included)
+    assert isinstance(as_protocol, LLMEngine)
     assert engine.health().ok and engine.health().state is EngineState.READY
     assert engine.has_chat_template()
     assert engine.stats().slots_total == 8
@@ -471,10 +476,10 @@ async def test_a_failure_while_starting_or_sampling_one_sequence_fails_it_alone(
 def test_prepare_refuses_what_the_model_cannot_take_and_brings_down_what_means_the_same(engine: LlamaCppEngine) -> None:
     n_vocab = engine._model.n_vocab  # type: ignore[union-attr]
 
-    def prepared(**sampling: object) -> GenerationRequest:
-        return engine.prepare(GenerationRequest(request_id="p", prompt=FRANCE, sampling=SamplingParams(**sampling)))  # type: ignore[arg-type]
+    def prepared(**sampling: Any) -> GenerationRequest:
+        return engine.prepare(GenerationRequest(request_id="p", prompt=FRANCE, sampling=SamplingParams(**sampling)))
 
-    refused = {
+    refused: dict[str, dict[str, Any]] = {
         "top_p": dict(top_p=1.5),
         "min_p": dict(min_p=-0.1),
         "temperature": dict(temperature=float("inf")),
