@@ -105,6 +105,9 @@ class GenerationStreamAPI(Protocol):
 
     async def aclose(self) -> None: ...
 
+    async def collect(self) -> tuple[str, GenerationChunk]:
+        """The whole text and the final chunk (for replies that are not streamed); closes the stream."""
+
 
 class QueueSnapshot(msgspec.Struct):
     """The queue as `sagectl queue` shows it: the policy, the waiting requests, and the admitted

@@ -165,8 +165,11 @@ class Engine(Protocol):
     """What the pool calls on every engine. Nothing here blocks the trio thread."""
 
     name: str
-    kind: Literal["llm", "embedding"]
     backend: str
+
+    @property
+    def kind(self) -> Literal["llm", "embedding"]:
+        """Read-only here, so an engine may declare its own narrower Literal."""
 
     async def load(self) -> None:
         """Load weights; returns when the engine can serve. Raises EngineError on failure."""

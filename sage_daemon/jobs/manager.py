@@ -24,8 +24,7 @@ import msgspec
 import trio
 
 from sage_client import protocol as p
-from sage_daemon.control.api import Priority, RequestMeta
-from sage_daemon.control.plane import ControlPlane
+from sage_daemon.control.api import ControlPlaneAPI, Priority, RequestMeta
 from sage_daemon.core.config import JobsConfig
 from sage_daemon.core.errors import ControlPlaneError, InvalidRequestError, InvalidStateError, NotFoundError, PermissionDeniedError
 from sage_daemon.core.logging import log
@@ -54,7 +53,7 @@ class JobStateError(InvalidStateError):
 class PlaneModels:
     """Model calls of a local job's stages: the control plane in-process, at the job's priority."""
 
-    def __init__(self, plane: ControlPlane, priority: Priority, job_id: int):
+    def __init__(self, plane: ControlPlaneAPI, priority: Priority, job_id: int):
         self.plane = plane
         self.priority = priority
         self.job_id = job_id
@@ -89,7 +88,7 @@ class JobManager:
         config: JobsConfig,
         state_dir: Path,
         data_dir: Path,
-        plane: ControlPlane,
+        plane: ControlPlaneAPI,
         node: p.NodeInfo,
         reserved_interactive_slots: int = 1,
         stopping: Callable[[], bool] = lambda: False,

@@ -18,7 +18,7 @@ import string
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -250,17 +250,17 @@ def compile_plan(
         elif op == "batch":
             add("cpu", stage, index, 1)  # stateful: one worker keeps the open batch
         elif op == "embed":
-            add("model", stage, index, stage.parallelism or DEFAULT_EMBED_PARALLELISM, stage.batch_size)  # type: ignore[attr-defined]
+            add("model", stage, index, stage.parallelism or DEFAULT_EMBED_PARALLELISM, stage.batch_size)  # type: ignore[union-attr]
         elif op in ("retrieve", "rerank"):
-            add("model", stage, index, stage.parallelism or 1, stage.batch_size)  # type: ignore[attr-defined]
+            add("model", stage, index, stage.parallelism or 1, stage.batch_size)  # type: ignore[union-attr]
         elif op == "generate":
-            facts = models[stage.model]  # type: ignore[attr-defined]
+            facts = models[stage.model]  # type: ignore[union-attr]
             fanout = stage.parallelism or max(1, min(MAX_GENERATE_FANOUT, facts.parallel - reserved_interactive_slots))
             add("model", stage, index, fanout, 1)
         elif op == "index":
-            add("write", stage, index, 1, stage.batch_size)  # type: ignore[attr-defined]  # one writer per collection
+            add("write", stage, index, 1, stage.batch_size)  # type: ignore[union-attr]  # one writer per collection
         elif op == "to_collection":
-            add("sink", stage, index, 1, stage.batch_size)  # type: ignore[attr-defined]
+            add("sink", stage, index, 1, stage.batch_size)  # type: ignore[union-attr]
         else:
             add("sink", stage, index, 1, 64)
         if op in s.SINKS or op == "index":
@@ -269,12 +269,12 @@ def compile_plan(
 
     plan = Plan(spec.name, spec.priority, spec.on_error, spec.strategy, spec.base_dir, physical, spec)
     if selector is not None:
-        for stage in physical:
+        for placed in physical:
             try:
-                stage.placement = selector.select(stage.name, stage.hints, stage.parallelism)
+                placed.placement = selector.select(placed.name, placed.hints, placed.parallelism)
             except PlacementError as exc:
-                first = stage.ops[0]
-                raise _fail(stages.index(first), first, "cpus" if stage.hints.cpus else "gpus" if stage.hints.gpus else "memory", str(exc)) from None
+                first = cast(s.Stage, placed.ops[0])  # an op of this spec's own stages
+                raise _fail(stages.index(first), first, "cpus" if placed.hints.cpus else "gpus" if placed.hints.gpus else "memory", str(exc)) from None
     fused = [st for st in physical if len(st.ops) > 1]
     if fused:
         plan.notes.append("fused: " + ", ".join(f"{st.name} ({st.ops_label})" for st in fused))

@@ -16,6 +16,7 @@ num_gpus / memory.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -54,7 +55,8 @@ class RpcModels:
 
     async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
         result = await trio.to_thread.run_sync(self._call, "job.embed", {"model": model, "texts": texts, "priority": self.priority})
-        return result.vectors
+        vectors: list[list[float]] = result.vectors
+        return vectors
 
     async def generate(self, model: str, request: Any, chat: bool) -> str:
         params: dict[str, Any] = {
@@ -65,7 +67,8 @@ class RpcModels:
             params["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
         else:
             params["prompt"] = request.prompt
-        return (await trio.to_thread.run_sync(self._call, "job.generate", params)).text
+        text: str = (await trio.to_thread.run_sync(self._call, "job.generate", params)).text
+        return text
 
 
 class HttpModels:
@@ -91,9 +94,11 @@ class HttpModels:
         if request.messages is not None:
             body = {"model": model, "messages": [{"role": m.role, "content": m.content} for m in request.messages], **sampling}
             data = await trio.to_thread.run_sync(self._post, "/v1/chat/completions", body)
-            return data["choices"][0]["message"]["content"]
+            content: str = data["choices"][0]["message"]["content"]
+            return content
         data = await trio.to_thread.run_sync(self._post, "/v1/completions", {"model": model, "prompt": request.prompt, **sampling})
-        return data["choices"][0]["text"]
+        text: str = data["choices"][0]["text"]
+        return text
 
 
 def run_stage_task(stage: PhysicalStage, items: list[Any], transport: str, target: str, priority: str, job_id: str) -> tuple[list[Any], int, list[str]]:
@@ -142,21 +147,23 @@ class RayRunner:
     def describe(self) -> str:
         import ray
 
-        resources = ray.cluster_resources()
-        return f"{len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
+        resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        count = len(ray.nodes())  # type: ignore[no-untyped-call]
+        return f"{count} node(s), {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
 
     def nodes(self) -> list[NodeCapacity]:
         import ray
 
         out = []
-        available = ray.available_resources()
-        for node in ray.nodes():
+        available = ray.available_resources()  # type: ignore[no-untyped-call]
+        all_nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+        single = len(all_nodes) == 1
+        for node in all_nodes:
             if not node.get("Alive"):
                 continue
             res = node.get("Resources", {})
             name = f"{node.get('NodeManagerHostname', 'ray')}/{node['NodeID'][:8]}"
             self._node_ids[name] = node["NodeID"]
-            single = len(ray.nodes()) == 1
             out.append(NodeCapacity(
                 node_id=name, cpus=res.get("CPU", 0.0), gpus=res.get("GPU", 0.0), memory=int(res.get("memory", 0)),
                 used_cpus=max(0.0, res.get("CPU", 0.0) - available.get("CPU", 0.0)) if single else 0.0,
@@ -223,7 +230,7 @@ class RayRunner:
                 ctx.progress[last].items_out += len(out)
                 ctx.progress[last].errors += skipped
                 for message in messages:
-                    trio.from_thread.run_sync(lambda m=message: ctx.on_item_error(stage.name, "", m), trio_token=token)
+                    trio.from_thread.run_sync(functools.partial(ctx.on_item_error, stage.name, "", message), trio_token=token)
                 advance(out, last + 1)
 
         try:

@@ -172,7 +172,7 @@ Stage = (
     FromItems | FromFiles | FromJsonl | Map | FlatMap | Filter | Batch | KeyBy | Chunk | Embed | Index | Retrieve | Prompt | Generate | Rerank
     | ToJsonl | ToCollection | Collect
 )
-STAGE_TYPES: dict[str, type[_Stage]] = {t.__struct_config__.tag: t for t in Stage.__args__}  # type: ignore[attr-defined]
+STAGE_TYPES: dict[str, type[_Stage]] = {t.__struct_config__.tag: t for t in Stage.__args__}
 SOURCES = frozenset({"from_items", "from_files", "from_jsonl"})
 SINKS = frozenset({"to_jsonl", "to_collection", "collect"})
 MODEL_OPS = frozenset({"embed", "retrieve", "generate", "rerank"})
@@ -300,7 +300,8 @@ def spec_to_builtins(spec: PipelineSpec) -> dict[str, Any]:
     def enc(value: Any) -> Any:
         return f"<python {getattr(value, '__qualname__', type(value).__name__)}>"
 
-    return msgspec.json.decode(msgspec.json.encode(spec, enc_hook=enc))
+    decoded: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(spec, enc_hook=enc))
+    return decoded
 
 
 def has_python_objects(spec: PipelineSpec) -> bool:

@@ -76,7 +76,7 @@ class Collection:
                 with self.vectors_path.open("r+b") as f:
                     f.truncate(keep)
         self._matrix: np.ndarray | None = None
-        self._bm25: tuple[int, BM25Index, list[str]] | None = None
+        self._bm25: tuple[int, BM25Index, list[int]] | None = None  # (count it was built at, index, row of each document)
         self._version = 0
 
     def close(self) -> None:
@@ -154,8 +154,8 @@ class Collection:
     def _bm25_index(self) -> tuple[BM25Index, list[int]]:
         if self._bm25 is None or self._bm25[0] != self.count:
             rows_texts = self.db.execute("SELECT row, text FROM items ORDER BY row").fetchall()
-            self._bm25 = (self.count, BM25Index([t for _, t in rows_texts]), [r for r, _ in rows_texts])  # type: ignore[assignment]
-        return self._bm25[1], self._bm25[2]  # type: ignore[index,return-value]
+            self._bm25 = (self.count, BM25Index([t for _, t in rows_texts]), [r for r, _ in rows_texts])
+        return self._bm25[1], self._bm25[2]
 
     def search(self, queries: np.ndarray, k: int, texts: list[str] | None = None, hybrid: bool = False) -> list[list[Hit]]:
         """Top k hits per query vector by cosine similarity; with `hybrid`, fused with BM25 over `texts`."""
