@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${EXTRAS:-cpu,test}" bash scripts/install.sh
 export HF_HUB_OFFLINE=1
+# The type checker first (pyproject.toml's [tool.mypy]: strict on core, control, engines.base and
+# sage_client): a contract that drifts fails here before any test runs.
+"${VENV:-.venv}/bin/python" -m mypy
 exec "${VENV:-.venv}/bin/python" -m pytest "$@"
