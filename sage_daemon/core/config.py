@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -345,7 +345,7 @@ def build_config(layers: list[Layer]) -> LoadedConfig:
 
 def load_config(
     config_file: str | Path | None = None,
-    overrides: list[tuple[str, Any, str]] = (),  # type: ignore[assignment]
+    overrides: Sequence[tuple[str, Any, str]] = (),
     environ: Mapping[str, str] | None = None,
 ) -> LoadedConfig:
     """The effective configuration. `overrides` are (dotted key, value, flag name) from the command line."""

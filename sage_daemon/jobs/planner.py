@@ -227,10 +227,10 @@ def compile_plan(
 
     for index, stage in enumerate(stages):
         op = s.op_of(stage)
-        if op == "key_by":
+        if isinstance(stage, s.KeyBy):
             if pending_key is not None:
                 raise _fail(index, stage, "op", "two key_by in a row; the second would replace the first")
-            pending_key = stage  # type: ignore[assignment]
+            pending_key = stage
             pending_key_fn = functions.get(index)
             continue
         last = physical[-1] if physical else None
@@ -249,18 +249,18 @@ def compile_plan(
             add("cpu", stage, index, stage.parallelism or 1)
         elif op == "batch":
             add("cpu", stage, index, 1)  # stateful: one worker keeps the open batch
-        elif op == "embed":
-            add("model", stage, index, stage.parallelism or DEFAULT_EMBED_PARALLELISM, stage.batch_size)  # type: ignore[union-attr]
-        elif op in ("retrieve", "rerank"):
-            add("model", stage, index, stage.parallelism or 1, stage.batch_size)  # type: ignore[union-attr]
-        elif op == "generate":
-            facts = models[stage.model]  # type: ignore[union-attr]
+        elif isinstance(stage, s.Embed):
+            add("model", stage, index, stage.parallelism or DEFAULT_EMBED_PARALLELISM, stage.batch_size)
+        elif isinstance(stage, (s.Retrieve, s.Rerank)):
+            add("model", stage, index, stage.parallelism or 1, stage.batch_size)
+        elif isinstance(stage, s.Generate):
+            facts = models[stage.model]
             fanout = stage.parallelism or max(1, min(MAX_GENERATE_FANOUT, facts.parallel - reserved_interactive_slots))
             add("model", stage, index, fanout, 1)
-        elif op == "index":
-            add("write", stage, index, 1, stage.batch_size)  # type: ignore[union-attr]  # one writer per collection
-        elif op == "to_collection":
-            add("sink", stage, index, 1, stage.batch_size)  # type: ignore[union-attr]
+        elif isinstance(stage, s.ToCollection):  # before Index: a ToCollection is an Index
+            add("sink", stage, index, 1, stage.batch_size)
+        elif isinstance(stage, s.Index):
+            add("write", stage, index, 1, stage.batch_size)  # one writer per collection
         else:
             add("sink", stage, index, 1, 64)
         if op in s.SINKS or op == "index":

@@ -188,7 +188,7 @@ class PipelineSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def op_of(stage: _Stage) -> str:
-    return stage.__struct_config__.tag  # type: ignore[return-value]
+    return str(stage.__struct_config__.tag)
 
 
 def parse_memory(value: int | str) -> int:
@@ -260,9 +260,9 @@ def explain(exc: msgspec.ValidationError, raw: Any, text: str | None = None, lab
         field = field or path.lstrip(".") or None
         where = "pipeline"
         line = _top_line(text, field) if text and field else None
-    if re.match(r"object missing required field `(\w+)`", what):
-        missing = re.match(r"object missing required field `(\w+)`", what)[1]  # type: ignore[index]
-        field, what = missing, "is required"
+    missing = re.match(r"object missing required field `(\w+)`", what)
+    if missing:
+        field, what = missing[1], "is required"
     prefix = f"{label}:{line}: " if line else f"{label}: "
     return PipelineSpecError(f"{prefix}{where}: " + (f"field {field}: " if field else "") + what, param=field)
 

@@ -155,7 +155,8 @@ class JobStore:
                 "INSERT INTO jobs (name, state, spec, source, base_dir, python_objects, executor, created_at, owner_uid, owner_role) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, json.dumps(spec), source, base_dir, int(python_objects), executor, now, owner_uid, owner_role),
             )
-            job_id = int(cursor.lastrowid)  # type: ignore[arg-type]
+            job_id = cursor.lastrowid
+            assert job_id is not None  # an INSERT sets it
             self.db.execute("INSERT INTO events (job_id, ts, level, message) VALUES (?, ?, 'state', ?)", (job_id, now, "queued"))
             self.db.execute("COMMIT")
         except BaseException:
