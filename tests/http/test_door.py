@@ -282,3 +282,30 @@ async def test_the_fake_plane_comes_in_through_the_daemons_seam(fake: FakeDaemon
     assert fake.instance.control is fake.control is fake.services.control
     async with httpx.AsyncClient(base_url=fake.url) as c:
         assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 200
+
+
+async def test_after_sigterm_a_request_on_a_connection_opened_before_gets_a_503(make_fake_daemon: Any) -> None:
+    # The whole path: the daemon's own signal handling starts the drain while a stream holds it
+    # open; a client's keep-alive connection from before the drain gets an answer, not a hang.
+    import os
+    import signal
+
+    fake = await make_fake_daemon(("daemon.drain_grace_s", 20))
+    slow = {**say("SLOW"), "stream": True}
+    async with fake.client() as streamer, fake.client() as other:
+        assert (await other.get("/v1/models")).status_code == 200
+        async with streamer.stream("POST", "/v1/chat/completions", json=slow) as r:
+            lines = r.aiter_lines()
+            assert (await lines.__anext__()).startswith("data: ")
+            os.kill(os.getpid(), signal.SIGTERM)  # the daemon's signal receiver takes it
+            with trio.fail_after(5):
+                while fake.services.lifecycle.state != "draining":
+                    await trio.sleep(0.01)
+            with trio.fail_after(5):
+                late = await other.get("/v1/models")
+            assert_error(late, 503, code="shutting_down")
+            assert int(late.headers["retry-after"]) >= 1
+            assert fake.services.lifecycle.in_flight == 1, "the stream still runs: the drain waits for it"
+    with trio.fail_after(10):
+        while fake.services.lifecycle.in_flight:
+            await trio.sleep(0.02)
