@@ -9,21 +9,15 @@ engine slot at once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import trio
 
-from sage_daemon.control.api import ControlPlaneAPI, RequestKind, RequestMeta
+from sage_daemon.control.api import ControlPlaneAPI, GenerationStreamAPI, RequestKind, RequestMeta
 from sage_daemon.engines.base import GenerationChunk, GenerationRequest
 
 Item = tuple[int, GenerationChunk]
-
-
-async def _aclose(stream: Any) -> None:
-    close = getattr(stream, "aclose", None)
-    if close is not None:
-        await close()
 
 
 class Choices:
@@ -41,7 +35,7 @@ class Choices:
 class SingleChoice(Choices):
     n = 1
 
-    def __init__(self, stream: AsyncIterator[GenerationChunk]):
+    def __init__(self, stream: GenerationStreamAPI):
         self.stream = stream
         self.finished = False
         self.closed = False
@@ -62,7 +56,7 @@ class SingleChoice(Choices):
     async def aclose(self) -> None:
         if not self.closed:
             self.closed = True
-            await _aclose(self.stream)
+            await self.stream.aclose()
 
 
 class ManyChoices(Choices):
@@ -108,7 +102,7 @@ class ManyChoices(Choices):
             finally:
                 if stream is not None:
                     with trio.CancelScope(shield=True), trio.move_on_after(5):
-                        await _aclose(stream)
+                        await stream.aclose()
 
     async def next(self) -> Item | None:
         while not all(self.finished):
