@@ -17,10 +17,12 @@ What is the libraries' (reproductions in docs/upstream/):
 * h11 keeps a connection alive after a request with both Content-Length and Transfer-Encoding
   (RFC 9112 §6.1: the server MUST close after responding). `DoorApp` adds `Connection: close`
   to the response of such a request, which makes h11 close.
-* hypercorn accepts without limit, and the listen backlog is its own default (100) unless
-  `Config.backlog` is set. `serve` caps open connections: past `max_connections` a connection
-  gets an immediate 503 with Retry-After instead of a reset or a wait; during the drain, new
-  connections get a 503 `shutting_down` until the open ones are done.
+* hypercorn accepts without limit, one connection per scheduler round, and the listen backlog
+  is its own default (100) unless `Config.backlog` is set. `serve` accepts in a thread of its
+  own and caps open connections: past `max_connections` a connection gets an immediate 503
+  with Retry-After (sent by the accept thread, not after the busy event loop gets to it)
+  instead of a reset or a wait; during the drain, new connections get a 503 `shutting_down`
+  until the open ones are done.
 
 `serve` is hypercorn.trio.run.worker_serve cut down to what the daemon uses (plain TCP, one
 worker, no QUIC/SSL/max_requests) with its own connection handler; it uses hypercorn's TCPServer,
@@ -33,7 +35,11 @@ from __future__ import annotations
 import errno
 import logging
 import resource
+import time
+import socket
+import threading
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -55,9 +61,12 @@ SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 # Descriptors the daemon needs besides its HTTP connections: model files, the job store, RPC
 # clients, log files, refusals in progress.
 FD_RESERVE = 1024
-HEAD_TIMEOUT_S = 1.0  # how long a refused connection may take to send its request head
+HEAD_TIMEOUT_S = 1.0  # how long the rest of a refusal may take to send (when the socket did not take it whole)
 LINGER_S = 2.0  # how long a refused connection is read (and discarded) after the answer
 MAX_HEAD = 64 * 1024
+# accept() errors that concern only the connection being accepted (as trio's SocketListener).
+_IGNORED_ACCEPT_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN,
+                          errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH}
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -193,7 +202,8 @@ class _TCPServer(TCPServer):
 
 
 class ConnectionDoor:
-    """Counts open connections and hands each to hypercorn's TCPServer, or refuses it."""
+    """Accepts connections, counts the open ones and hands each to hypercorn's TCPServer, or
+    refuses it with a 503 (past the cap, or during the drain)."""
 
     def __init__(self, app: Any, config: Config, context: WorkerContext, state: ConnectionState, max_connections: int):
         self.app = app
@@ -204,86 +214,135 @@ class ConnectionDoor:
         self.open = 0
         self.refused = 0
         self.draining = False
-        self._idle = trio.Event()
-        self._idle.set()
+        self._lock = threading.Lock()  # `open` is counted up in the accept thread, down in the loop
         self._too_many = refusal_bytes(
             503, "Service Unavailable", f"the server has {max_connections} open connections (http.max_connections); retry shortly",
             "too_many_connections", 1,
         )
         self._shutting_down = refusal_bytes(503, "Service Unavailable", "the daemon is shutting down", "shutting_down", 5)
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        if self.draining:
-            await self.refuse(stream, self._shutting_down)
-            return
-        if self.open >= self.max_connections:
-            await self.refuse(stream, self._too_many)
-            return
-        self.open += 1
-        self._idle = trio.Event() if self.open == 1 else self._idle
+    async def accept(self, listener: socket.socket, handler_nursery: trio.Nursery) -> None:
+        """Accept until cancelled; the listener stays open (the drain goes on accepting on it).
+
+        The accepting is done by a thread of its own, which answers a refused connection right
+        there: in a burst the event loop is busy with the connections already in (one scheduler
+        round can take most of a second on a loaded machine), and a refusal that waited for
+        it would come late. Admitted connections go to the loop."""
+        stop = threading.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def spawn(fn: Callable[..., Awaitable[None]], sock: socket.socket, *args: Any) -> None:
+            def start() -> None:
+                try:
+                    handler_nursery.start_soon(fn, sock, *args)
+                except RuntimeError:  # the nursery is closed: the server is stopping
+                    self._forget(sock, fn)
+            try:
+                token.run_sync_soon(start)
+            except trio.RunFinishedError:
+                self._forget(sock, fn)
+
+        async with trio.open_nursery() as nursery:
+            # Not abandoned on cancel: the thread is joined (it checks `stop` every 0.2 s).
+            nursery.start_soon(partial(trio.to_thread.run_sync, self._accept_loop, listener, spawn, stop, limiter=trio.CapacityLimiter(1)))
+            try:
+                await trio.sleep_forever()
+            finally:
+                stop.set()
+
+    def _forget(self, sock: socket.socket, fn: Callable[..., Awaitable[None]]) -> None:
+        sock.close()
+        if fn == self._serve:
+            with self._lock:
+                self.open -= 1
+
+    def _accept_loop(self, listener: socket.socket, spawn: Callable[..., None], stop: threading.Event) -> None:
+        """In the accept thread."""
+        listener.settimeout(0.2)
+        warned_at = -1e9
+        while not stop.is_set():
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if exc.errno in _IGNORED_ACCEPT_ERRNOS:
+                    continue  # that connection is gone already
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                # New connections wait in the backlog meanwhile; raise_nofile_limit says how to avoid it.
+                if time.monotonic() - warned_at > 10:
+                    warned_at = time.monotonic()
+                    logger.warning("accept failed (%s): out of descriptors with %d connections open", errno.errorcode[exc.errno], self.open)
+                stop.wait(0.1)
+                continue
+            sock.setblocking(False)
+            with self._lock:
+                refuse = self.draining or self.open >= self.max_connections
+                if not refuse:
+                    self.open += 1  # counted here: the cap holds however fast they come
+            if refuse:
+                self.refused += 1
+                answer = self._shutting_down if self.draining else self._too_many
+                spawn(self._linger, sock, self._answer_now(sock, answer))
+            else:
+                spawn(self._serve, sock)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         try:
             # hypercorn's annotation says SSLStream; a plain SocketStream is its non-TLS path.
             await _TCPServer(self.app, self.config, self.context, self.state, cast(Any, stream)).run()
         finally:
-            self.open -= 1
-            if self.open == 0:
-                self._idle.set()
+            await trio.aclose_forcefully(stream)
+            with self._lock:
+                self.open -= 1
 
-    async def refuse(self, stream: trio.SocketStream, answer: bytes) -> None:
-        """Read the request head (briefly), answer, then read until the client closes before
-        closing: closing with unread bytes in the receive queue would make the kernel send a
-        reset, which is what the refusal is there to avoid."""
-        self.refused += 1
+    @staticmethod
+    def _answer_now(sock: socket.socket, answer: bytes) -> bytes:
+        """Send the refusal without waiting (a fresh socket's send buffer takes it whole, as a
+        rule) and half-close; returns what is left to send. The answer goes out before the
+        request is read (HTTP lets a server answer early, as with a 413 before the body);
+        _linger reads the request afterwards."""
         try:
-            with trio.move_on_after(HEAD_TIMEOUT_S):
-                seen = b""
-                while b"\r\n\r\n" not in seen and len(seen) < MAX_HEAD:
-                    data = await stream.receive_some(MAX_HEAD)
-                    if not data:
-                        break
-                    seen += data
-            with trio.move_on_after(HEAD_TIMEOUT_S):
-                await stream.send_all(answer)
-                await stream.send_eof()
+            sent = sock.send(answer)
+        except BlockingIOError:
+            return answer
+        except OSError:
+            return b""  # the client is gone already
+        if sent == len(answer):
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        return answer[sent:]
+
+    async def _linger(self, sock: socket.socket, unsent: bytes) -> None:
+        """Finish a refusal: send what is left, then read until the client closes before
+        closing: closing with unread bytes (its request) in the receive queue would make the
+        kernel send a reset, which is what the refusal is there to avoid."""
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        try:
+            if unsent:
+                with trio.move_on_after(HEAD_TIMEOUT_S):
+                    await stream.send_all(unsent)
+                    await stream.send_eof()
             with trio.move_on_after(LINGER_S):
                 while await stream.receive_some(MAX_HEAD):
                     pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            await stream.aclose()
-
-    async def accept(self, listener: trio.SocketListener, handler_nursery: trio.Nursery) -> None:
-        """trio.serve_listeners without its closing of the listener on the way out (the drain
-        goes on accepting on it) and with a quieter log when out of descriptors."""
-        warned_at = -1e9
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise
-                # New connections wait in the backlog meanwhile; raise_nofile_limit says how to avoid it.
-                if trio.current_time() - warned_at > 10:
-                    warned_at = trio.current_time()
-                    logger.warning("accept failed (%s): out of descriptors with %d connections open", errno.errorcode[exc.errno], self.open)
-                await trio.sleep(0.1)
-                continue
-            handler_nursery.start_soon(self._run, stream)
-
-    async def _run(self, stream: trio.SocketStream) -> None:
-        try:
-            await self.handle(stream)
-        finally:
             await trio.aclose_forcefully(stream)
 
-    async def refuse_until_idle(self, listeners: list[trio.SocketListener]) -> None:
+    async def refuse_until_idle(self, listeners: list[socket.socket]) -> None:
         """During the drain: keep accepting, and answer each new connection with a 503, until
         the open connections are done (then the server returns and the listener closes)."""
         async with trio.open_nursery() as nursery:
             for listener in listeners:
                 nursery.start_soon(self.accept, listener, nursery)
-            await self._idle.wait()
+            while self.open:  # bounded by the grace: the caller's deadline cancels this
+                await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
 
 
@@ -309,10 +368,9 @@ async def serve(
         sockets = config.create_sockets()
         if sockets.secure_sockets or sockets.quic_sockets:
             raise ValueError("sage_daemon.http.connections.serve serves plain HTTP binds only")
-        listeners = []
-        for sock in sockets.insecure_sockets:
+        listeners = list(sockets.insecure_sockets)
+        for sock in listeners:
             sock.listen(config.backlog)
-            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
             await config.log.info(f"Running on http://{repr_socket_addr(sock.family, sock.getsockname())}")
         door = ConnectionDoor(wrapped, config, context, ConnectionState(lifespan_state.copy()), max_connections)
         door_ref.append(door)
@@ -338,6 +396,6 @@ async def serve(
                     server_nursery.start_soon(door.refuse_until_idle, listeners)
         finally:
             for listener in listeners:
-                await listener.aclose()
+                listener.close()
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

@@ -342,3 +342,17 @@ async def test_during_the_drain_new_connections_get_a_503_and_open_ones_finish(n
         await done.wait()  # no open connection left: serve returns (and the listener is closed)
     await late.aclose()
     await slow.aclose()
+
+
+async def test_keep_alive_connection_serves_posts_one_after_another(make_fake_daemon: Any) -> None:
+    """The held-back http.disconnect must not break the next request on a kept-alive connection."""
+    fake = await make_fake_daemon(("http.keep_alive_timeout_s", 30.0))
+    conn = await Conn.open(port_of(fake))
+    chat = json.dumps({"model": "chatty", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+    emb = json.dumps({"model": "emb", "input": "hello"}).encode()
+    for n, (path, body) in enumerate([("/v1/chat/completions", chat), ("/v1/embeddings", emb), ("/v1/chat/completions", chat)], 1):
+        await conn.send(f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        await conn.read(timeout=5, until_responses=n)
+        assert len(conn.responses) == n, conn.data
+    assert [r[0] for r in conn.responses] == [200, 200, 200] and not conn.closed
+    await conn.aclose()
