@@ -101,7 +101,8 @@ async def stream_once(engine: LlamaCppEngine, request: GenerationRequest) -> tup
     t0 = time.perf_counter()
     first = None
     last = None
-    async for chunk in engine.generate(request):
+    prepared = engine.prepare(request)  # template + tokenize, as the control plane does before queueing (in TTFT)
+    async for chunk in engine.generate(prepared):
         if first is None:
             first = time.perf_counter() - t0
         last = chunk

@@ -108,11 +108,10 @@ def _init_llama_cpp() -> None:
             return
         import llama_cpp
 
-        @llama_cpp.llama_log_callback
         def _silent(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
             return None
 
-        _silent_log_callback = _silent
+        _silent_log_callback = llama_cpp.llama_log_callback(_silent)  # a ctypes callback kept alive as long as the library
         llama_cpp.llama_log_set(_silent_log_callback, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         if llama_cpp_uses_openmp():
