@@ -1,6 +1,8 @@
 """Schemathesis against GET /openapi.json on a running daemon, loopback only, bounded in count
-and time: whatever it sends (valid or not), the door answers without a 500, every error is
-OpenAI-shaped, and the daemon is still healthy afterwards.
+and time: whatever it sends (valid or not), the door answers (no connection goes without a
+response), never with a 500 (a 5xx is only a 503 with Retry-After), every error is
+OpenAI-shaped, the daemon is still healthy afterwards, and on the real daemon no fuzzed request
+makes another fail: canary chat streams run the whole time and every one completes.
 
 Half of the valid bodies are steered to real model names with small max_tokens/n, so the
 generation paths run too instead of stopping at "model not found"; the steering only bounds
@@ -9,6 +11,7 @@ the run time (the schema itself allows far more)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -85,14 +88,19 @@ def fuzz(base_url: str, headers: dict[str, str], models: list[str], *, max_examp
                     # chat bodies to the chat model (models[0]): the others answer 400 by design
                     steer(case.body, models[0] if isinstance(case.body, dict) and "messages" in case.body else model)
                 clamp(case.body)
+                sent = f"{operation.method.upper()} {operation.path} ({mode}) body={json.dumps(case.body, default=str)[:500]}"
                 try:
                     response = case.call(base_url=base_url, headers=headers, session=session, timeout=120)
                 except (ValueError, UnicodeError, requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL):
                     return  # the client library refused to send it (e.g. a header that is not latin-1)
+                except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.exceptions.Timeout) as exc:
+                    raise AssertionError(f"no HTTP answer: {sent} -> {type(exc).__name__}: {exc}") from None
                 key = f"{operation.method.upper()} {operation.path} {response.status_code}"
                 statuses[key] = statuses.get(key, 0) + 1
-                where = f"{operation.method.upper()} {operation.path} ({mode}) body={json.dumps(case.body, default=str)[:500]} -> {response.status_code} {response.text[:500]}"
+                where = f"{sent} -> {response.status_code} {response.text[:500]}"
                 assert response.status_code != 500, where
+                if response.status_code >= 500:  # only a refusal to retry: a restarting engine, the drain
+                    assert response.status_code == 503 and response.headers.get("Retry-After"), where
                 assert response.headers.get("x-request-id"), where
                 if response.status_code >= 400:
                     error = response.json()["error"]
@@ -115,10 +123,56 @@ async def test_fuzz_against_the_door_with_the_in_test_control_plane(fake: FakeDa
         assert (await c.get("/health")).status_code == 200
 
 
+class CanaryStreams:
+    """Chat streams on the chat model, one after another in a thread, for as long as the fuzzing
+    runs; each must end with all its tokens (finish_reason "length")."""
+
+    TOKENS = 48
+
+    def __init__(self, live: Any):
+        self.live = live
+        self.stop = threading.Event()
+        self.completed = 0
+        self.failures: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.live.sdk() as client:
+            while not self.stop.is_set():
+                try:
+                    stream = client.chat.completions.create(
+                        model="smollm2", messages=[{"role": "user", "content": "Tell me a long story."}], max_tokens=self.TOKENS,
+                        stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+                    )
+                    finish, tokens = None, 0
+                    for chunk in stream:
+                        if chunk.choices and chunk.choices[0].finish_reason:
+                            finish = chunk.choices[0].finish_reason
+                        if chunk.usage is not None:
+                            tokens = chunk.usage.completion_tokens
+                    if (finish, tokens) == ("length", self.TOKENS):
+                        self.completed += 1
+                    else:
+                        self.failures.append(f"ended with {finish!r} after {tokens} tokens")
+                except Exception as exc:  # a canary that fails is the finding: kept for the assertion
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> CanaryStreams:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=120)
+
+
 def test_fuzz_against_the_real_daemon(live: Any) -> None:
-    statuses = fuzz(live.url, live.headers, ["smollm2", "gemma3-270m", "minilm"], max_examples=40, budget_s=180)
-    print(json.dumps(statuses, indent=1, sort_keys=True))
+    with CanaryStreams(live) as canaries:
+        statuses = fuzz(live.url, live.headers, ["smollm2", "gemma3-270m", "minilm"], max_examples=40, budget_s=180)
+    print(json.dumps(statuses, indent=1, sort_keys=True), f"canary streams completed: {canaries.completed}")
     assert any(k.startswith("POST") and k.endswith(" 200") for k in statuses), statuses
+    assert not canaries.failures, f"fuzzed requests made other requests fail: {canaries.failures[:5]}"
+    assert canaries.completed >= 1, "no canary stream ran alongside the fuzzing"
     import httpx
 
     assert httpx.get(live.url + "/health", timeout=30).status_code == 200, "the daemon survived the fuzzing"
