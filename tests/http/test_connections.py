@@ -356,3 +356,32 @@ async def test_keep_alive_connection_serves_posts_one_after_another(make_fake_da
         assert len(conn.responses) == n, conn.data
     assert [r[0] for r in conn.responses] == [200, 200, 200] and not conn.closed
     await conn.aclose()
+
+
+async def test_requests_with_bodies_on_any_method_never_hang_the_connection(make_fake_daemon: Any) -> None:
+    """Issue 22: a GET/PUT carrying a body left its keep-alive connection hung. Each request gets
+    its answer; where the server closes the connection after one, the next goes on a new one."""
+    fake = await make_fake_daemon(("http.keep_alive_timeout_s", 30.0))
+    port = port_of(fake)
+    body = b'{"padding": "' + b"x" * 1_000_000 + b'"}'  # more than a socket buffer: answered before it is all read
+    requests = [
+        b"GET /health HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+        b"PUT /v1/models HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+        b"DELETE /v1/embeddings HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+    ] * 4
+    conn = await Conn.open(port)
+    answered = 0
+    for raw in requests:
+        if conn.closed:
+            await conn.aclose()
+            conn = await Conn.open(port)
+        seen = len(conn.responses)
+        await conn.send(raw)
+        took = await conn.read(timeout=3, until_responses=seen + 1)
+        assert len(conn.responses) == seen + 1, f"no answer after {took:.1f} s to {raw[:30]!r}"
+        answered += 1
+        if conn.responses[-1][1].get("connection") == "close":
+            await conn.read(timeout=2)  # it said it would close: it must
+            assert conn.closed, "answered with Connection: close but left open"
+    assert answered == len(requests)
+    await conn.aclose()
