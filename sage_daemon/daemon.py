@@ -32,6 +32,7 @@ from sage_daemon.core.activation import ActivationError, take_activated_sockets
 from sage_daemon.core.config import LIVE_KEYS, Config, ConfigError, LoadedConfig, ModelConfig, diff_keys, load_config, reload_refusal
 from sage_daemon.core.lifecycle import Lifecycle
 from sage_daemon.core.logging import log, set_level
+from sage_daemon.core.memory import IdleTrimmer, trim_heap
 from sage_daemon.core.metrics import Metrics
 from sage_daemon.core.nodes import detect_node
 from sage_daemon.core.paths import Paths, resolve_paths
@@ -50,6 +51,7 @@ from sage_daemon.rpc.server import PeerPolicy, RpcServer, bind_unix_socket
 from sage_daemon.services import Services
 
 logger = logging.getLogger("sage.daemon")
+HEAP_TRIM_INTERVAL_S = 5.0  # how often the doors are sampled for "idle after work" (then the heap is trimmed)
 
 
 class StartupError(Exception):
@@ -212,6 +214,7 @@ class Daemon:
                     self.notifier.ready(f"serving on {services.http_url} and {self.paths.socket}")
                     if self.notifier.watchdog_interval_s:
                         nursery.start_soon(self._watchdog)
+                    nursery.start_soon(self._trim_heap_when_idle)
                     task_status.started(services)
                     async for signum in signals:
                         if signum == signal.SIGHUP:
@@ -287,6 +290,14 @@ class Daemon:
         self.lifecycle.notes = [f"config reload: {key} changed and needs a restart" for key in restart]
         log(logger, logging.INFO, "config reloaded", applied=",".join(live) or "-", needs_restart=",".join(restart) or "-")
         self.notifier.notify("READY=1", "STATUS=serving (config reloaded)")
+
+    async def _trim_heap_when_idle(self) -> None:
+        """After a burst, give the heap it left behind back to the kernel (RSS back near where it was)."""
+        trimmer = IdleTrimmer()
+        while True:
+            await trio.sleep(HEAP_TRIM_INTERVAL_S)
+            if trimmer.should_trim(self.lifecycle.in_flight, self.lifecycle.tracked_total):
+                await trio.to_thread.run_sync(trim_heap)
 
     async def _watchdog(self) -> None:
         assert self.notifier.watchdog_interval_s

@@ -17,6 +17,7 @@ class Lifecycle:
         self.state: State = "starting"
         self.started_at = time.time()
         self.in_flight = 0
+        self.tracked_total = 0  # requests ever tracked: tells a sampler whether work came and went between samples
         self._idle = trio.Event()
         self._idle.set()
         self.notes: list[str] = []  # things an operator should know (e.g. a reload that needs a restart)
@@ -29,6 +30,7 @@ class Lifecycle:
     def track(self) -> Iterator[None]:
         """Count one request as in flight for as long as the block runs."""
         self.in_flight += 1
+        self.tracked_total += 1
         if self.in_flight == 1:
             self._idle = trio.Event()
         try:

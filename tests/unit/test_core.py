@@ -11,6 +11,7 @@ import pytest
 from sage_daemon.core import nodes
 from sage_daemon.core.config import Config, NodesConfig, PathsConfig, RpcConfig
 from sage_daemon.core.logging import StructuredFormatter
+from sage_daemon.core.memory import IdleTrimmer, trim_heap
 from sage_daemon.core.paths import resolve_paths
 from sage_daemon.core.ports import SagePorts, is_port_free, port_holder
 from sage_daemon.core.sdnotify import SystemdNotifier
@@ -88,3 +89,36 @@ def test_log_lines_carry_journald_priorities(journald: bool, level: int, prefix:
     record.fields = {"port": 8888}  # type: ignore[attr-defined]
     line = StructuredFormatter(journald).format(record)
     assert line.startswith(prefix) and 'msg="said \\"hi\\""' in line and line.endswith("port=8888")
+
+
+def test_heap_is_trimmed_once_after_each_stretch_of_work() -> None:
+    trimmer = IdleTrimmer()
+    assert not trimmer.should_trim(0, 0)  # nothing happened yet
+    assert not trimmer.should_trim(3, 3)  # busy
+    assert trimmer.should_trim(0, 3)  # idle after work: trim
+    assert not trimmer.should_trim(0, 3)  # still idle, nothing new: not again
+    assert trimmer.should_trim(0, 5)  # a burst came and went between two samples: trim
+
+
+def test_trim_heap_returns_freed_pages_to_the_kernel() -> None:
+    def rss_kib() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux /proc")
+    # ~100 MB in 4 KiB blocks: past pymalloc's 512 bytes and below glibc's mmap threshold, so they
+    # come from malloc's heap, as a burst's buffers do.
+    blocks = [bytearray(4096) for _ in range(25_000)]
+    for block in blocks[1:-1]:
+        block[0] = 1
+    keep = blocks[-1]  # a live block at the top, so plain free() cannot shrink the heap
+    del blocks
+    before = rss_kib()
+    if not trim_heap():
+        pytest.skip("the C library has no malloc_trim (not glibc)")
+    after = rss_kib()
+    assert after < before - 20_000, f"RSS {before} KiB -> {after} KiB"
+    assert keep is not None
