@@ -68,8 +68,11 @@ def start_llama_server(binary: str, model: str, threads: int, parallel: int, n_c
     return Server("llama-server", argv, port, workdir, env={"LD_LIBRARY_PATH": bin_dir + ":" + os.environ.get("LD_LIBRARY_PATH", "")})
 
 
-def start_daemon(threads: int, parallel: int, n_ctx: int, workdir: Path, with_all_models: bool = False) -> Server:
+def start_daemon(threads: int, parallel: int, n_ctx: int, workdir: Path, with_all_models: bool = False, repo: Path = REPO, name: str = "sage-daemon") -> Server:
+    """The daemon of checkout `repo` (this one by default: another one is a before/after baseline)."""
     port = free_port()
+    workdir = workdir / name
+    workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "sage.toml"
     blocks = [
         f'[[models]]\nname = "smollm2"\nkind = "llm"\nrequired = true\nparallel = {parallel}\nn_ctx = {n_ctx}\nthreads = {threads}\n'
@@ -81,7 +84,7 @@ def start_daemon(threads: int, parallel: int, n_ctx: int, workdir: Path, with_al
     config.write_text("\n".join(blocks))
     argv = [sys.executable, "-m", "sage_daemon", "--config", str(config), "--port", str(port),
             "--set", f"paths.runtime_dir='{workdir / 'run'}'", "--set", f"paths.data_dir='{workdir / 'data'}'", "--set", f"paths.state_dir='{workdir / 'state'}'"]
-    return Server("sage-daemon", argv, port, workdir, env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+    return Server(name, argv, port, workdir, env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)})
 
 
 async def completion_stream(server: Server, model: str, prompt: str, tokens: int) -> tuple[float, float, int]:
@@ -140,17 +143,25 @@ async def measure(server: Server, model: str, prompts: list[str], system: str, q
 METRICS = ("single_tok_s", "aggregate8_tok_s", "ttft_warm_ms", "ttft_shared8_p50_ms")
 
 
-async def compare(binary: str, model_path: str, prompts: list[str], system: str, questions: list[str], threads: int, tokens: int, rounds: int = 3) -> dict[str, Any]:
+async def compare(
+    binary: str | None, model_path: str, prompts: list[str], system: str, questions: list[str], threads: int, tokens: int, rounds: int = 3,
+    baseline_repo: Path | None = None,
+) -> dict[str, Any]:
     """Both servers resident at once, measured in turns (the first one alternates each round), so
-    the machine's drift falls on both alike; the verdicts use the median of the rounds' ratios."""
+    the machine's drift falls on both alike; the verdicts use the median of the rounds' ratios.
+    The baseline is llama-server (`binary`), or the daemon of another checkout (`baseline_repo`:
+    a before/after comparison of two builds)."""
     workdir = Path(tempfile.mkdtemp(prefix="sage-serving-"))
-    servers = {
-        "llama-server": start_llama_server(binary, model_path, threads, 8, 4096, workdir),
-        "sage-daemon": start_daemon(threads, 8, 4096, workdir),
-    }
+    if baseline_repo is not None:
+        baseline = start_daemon(threads, 8, 4096, workdir, repo=baseline_repo, name="baseline")
+    else:
+        assert binary is not None, "give llama-server's path or a baseline checkout"
+        baseline = start_llama_server(binary, model_path, threads, 8, 4096, workdir)
+    servers = {"llama-server": baseline, "sage-daemon": start_daemon(threads, 8, 4096, workdir)}  # "llama-server": the baseline's slot
     per_round: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
     try:
-        models = {"llama-server": (await servers["llama-server"].client.models.list()).data[0].id, "sage-daemon": "smollm2"}
+        base_model = "smollm2" if baseline_repo is not None else (await servers["llama-server"].client.models.list()).data[0].id
+        models = {"llama-server": base_model, "sage-daemon": "smollm2"}
         for r in range(rounds):
             order = list(servers) if r % 2 == 0 else list(reversed(servers))
             for name in order:
@@ -167,7 +178,7 @@ async def compare(binary: str, model_path: str, prompts: list[str], system: str,
         for server in servers.values():
             await server.client.close()
             server.stop()
-    out: dict[str, Any] = {"rounds": rounds}
+    out: dict[str, Any] = {"rounds": rounds, "baseline": f"daemon of {baseline_repo}" if baseline_repo is not None else "llama-server"}
     for name, results in per_round.items():
         out[name] = {key: statistics.median(res[key] for res in results) for key in (*METRICS, "tokens_per_request")}
     out["ratios"] = {
@@ -195,7 +206,7 @@ def report(result: dict[str, Any]) -> list[str]:
     lines = [
         f"medians of {result['rounds']} rounds (servers measured in turns, both resident); ratio = median of the rounds' ratios",
         "",
-        "| through HTTP, same client | llama-server | sage-daemon | ratio (each round) | target | verdict |",
+        f"| through HTTP, same client | {result['baseline']} | sage-daemon | ratio (each round) | target | verdict |",
         "|---|---|---|---|---|---|",
     ]
     for what, key, target, higher, bound in rows:
@@ -206,6 +217,6 @@ def report(result: dict[str, Any]) -> list[str]:
     self_ratio = statistics.median(result["self_ratios"])
     lines.append(f"| daemon 8 streams / its own 1 stream | | | {self_ratio:.2f}× | ≥ 1.5× | {'PASS' if self_ratio >= 1.5 else 'MISS'} |")
     lines.append("")
-    lines.append(f"tokens per request: llama-server {ls['tokens_per_request']:.0f}, sage-daemon {sd['tokens_per_request']:.0f}")
+    lines.append(f"tokens per request: {result['baseline']} {ls['tokens_per_request']:.0f}, sage-daemon {sd['tokens_per_request']:.0f}")
     lines.append(f"resident memory of the daemon with smollm2, gemma3-270m and minilm loaded: {result['daemon_rss_all_models_mib']:.0f} MiB")
     return lines

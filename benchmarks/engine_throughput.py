@@ -219,6 +219,7 @@ def main() -> None:
     parser.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto", help="for our engine")
     parser.add_argument("--baseline-flash-attn", choices=["on", "off"], default="off", help="llama-cpp-python's default is off")
     parser.add_argument("--llama-server", metavar="PATH", help="llama.cpp's llama-server binary: also compare the daemon with it over HTTP")
+    parser.add_argument("--baseline-repo", metavar="DIR", help="serving: compare with the daemon of another checkout (a before/after run of two builds) instead of llama-server")
     parser.add_argument("--serving-only", action="store_true", help="skip the engine-level part")
     parser.add_argument("--rounds", type=int, default=3, help="serving: rounds of both servers measured in turns")
     args = parser.parse_args()
@@ -273,7 +274,8 @@ def serving(args: argparse.Namespace, model_path: str) -> None:
     import _serving
 
     questions = QUESTIONS
-    result = asyncio.run(_serving.compare(args.llama_server, model_path, PROMPTS, system_prompt(0), questions, args.threads, args.tokens, args.rounds))
+    baseline = Path(args.baseline_repo).resolve() if args.baseline_repo else None
+    result = asyncio.run(_serving.compare(args.llama_server, model_path, PROMPTS, system_prompt(0), questions, args.threads, args.tokens, args.rounds, baseline))
     print()
     print(f"serving: {args.threads} threads each, 8 slots with a unified KV cache of 8 x 4096 tokens each, {args.tokens} tokens/request, greedy, EOS ignored")
     for line in _serving.report(result):
