@@ -50,6 +50,3 @@ def resolve_local_source(source: str, data_dir: Path) -> Path:
         raise SourceError(f"model file {str(path)!r} does not exist")
     return path
 
-
-def looks_like_hf_id(source: str) -> bool:
-    return bool(source) and ":" not in source and not source.startswith(("/", ".", "~")) and source.count("/") == 1

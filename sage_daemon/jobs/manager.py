@@ -181,6 +181,7 @@ class JobManager:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.collections.close)
+                await trio.to_thread.run_sync(self.close)
 
     async def _start(self, job_id: int, nursery: trio.Nursery) -> None:
         row: JobRow = await self._store(self.store.get, job_id)
@@ -463,6 +464,7 @@ class JobManager:
         return _collection(await trio.to_thread.run_sync(self.collections.drop, name))
 
     def close(self) -> None:
+        """Close the job store (when `run` ends: the daemon has stopped both doors by then)."""
         self.store.close()
 
 
