@@ -202,7 +202,7 @@ class Daemon:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         root.mkdir(parents=True)
-        (root / "sage.toml").write_text("\n".join(MODELS[k] for k in kinds if k in MODELS))
+        (root / "sage.toml").write_text("\n".join(MODELS[k] for k in dict.fromkeys(kinds) if k in MODELS))  # a kind may repeat (burst again)
         self.log_path = root / "daemon.log"
         self.log = self.log_path.open("wb")
         argv = [sys.executable, "-m", "sage_daemon", "--config", str(root / "sage.toml"), "--port", str(self.port),
