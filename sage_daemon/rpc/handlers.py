@@ -34,8 +34,8 @@ def _redact(key: str, value: Any) -> Any:
 
 
 def principal(reply: ReplyStream) -> Principal:
-    """Who the job manager acts for: the connection's peer uid and role."""
-    return Principal(reply.peer.uid, reply.peer.role)
+    """Who the job manager acts for: the connection's peer (a Principal: its uid and role)."""
+    return reply.peer
 
 
 def make_handlers(services: Services) -> dict[str, Handler]:

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import trio
@@ -26,6 +26,7 @@ from sage_client import protocol as p
 from sage_daemon.core.errors import ControlPlaneError, PermissionDeniedError
 from sage_daemon.core.lifecycle import Lifecycle
 from sage_daemon.core.logging import log
+from sage_daemon.jobs.access import Principal, Role
 
 logger = logging.getLogger("sage.rpc")
 HELLO_TIMEOUT_S = 10.0
@@ -51,7 +52,6 @@ class RpcError(Exception):
         self.message = message
 
 
-Role = Literal["user", "admin"]
 
 # What a `user` peer (a member of [rpc].group with group_role = "user") may call. Everything
 # else is admin-only, including any method added later: a new method stays closed to group
@@ -66,20 +66,12 @@ USER_METHODS: frozenset[str] = frozenset({
 
 
 @dataclass(frozen=True)
-class Peer:
-    """The process on the other end of a connection (SO_PEERCRED) and the role it was given."""
+class Peer(Principal):
+    """The process on the other end of a connection (SO_PEERCRED): a principal (uid, role) with
+    its pid and gid, so handlers hand it to the job manager as it is."""
 
     pid: int
-    uid: int
     gid: int
-    role: Role
-
-    @property
-    def admin(self) -> bool:
-        return self.role == "admin"
-
-    def __str__(self) -> str:
-        return f"uid {self.uid} ({self.role})"
 
 
 class ReplyStream:
@@ -210,7 +202,7 @@ class _Connection:
         self.stream = stream
         self.decoder = p.FrameDecoder(server.max_frame_bytes)
         self.send_lock = trio.Lock()
-        self.peer = Peer(0, -1, -1, "user")  # set from SO_PEERCRED before any request is read
+        self.peer = Peer(uid=-1, role="user", pid=0, gid=-1)  # set from SO_PEERCRED before any request is read
 
     async def send(self, message: p.Message) -> None:
         data = p.encode_frame(message)
@@ -244,7 +236,7 @@ class _Connection:
             how = f"ask to be added to group {group!r}" if group else "set rpc.group in the daemon's config to let a group in"
             await self.send(p.Error(0, p.ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon; {how}"))
             return
-        self.peer = Peer(pid, uid, gid, role)
+        self.peer = Peer(uid=uid, role=role, pid=pid, gid=gid)
         try:
             with trio.fail_after(HELLO_TIMEOUT_S):
                 first = await self._next_message()

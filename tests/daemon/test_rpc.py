@@ -204,7 +204,7 @@ def test_peer_roles_and_the_methods_a_user_peer_may_call() -> None:
     assert PeerPolicy().role_of(stranger, group.gr_gid) is None
 
     policy = PeerPolicy(group.gr_name)
-    user, admin = Peer(1, stranger, group.gr_gid, "user"), Peer(1, 0, 0, "admin")
+    user, admin = Peer(uid=stranger, role="user", pid=1, gid=group.gr_gid), Peer(uid=0, role="admin", pid=1, gid=0)
     admin_only = {m for m in p.METHODS if policy.refusal(user, m) is not None}
     assert admin_only == {"config.show", "policy.set", "load", "unload", "collection.drop"}
     assert all(policy.refusal(admin, m) is None for m in p.METHODS)
