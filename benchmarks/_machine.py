@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -54,3 +55,13 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: fl
         time.sleep(0.3)
     raise RuntimeError(f"server not healthy after {timeout} s; see {log}")
 
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 60) -> None:
+    """SIGTERM (a daemon drains), then SIGKILL after `grace_s`; reaped either way."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _machine import free_port, wait_healthy
+from _machine import free_port, stop_process, wait_healthy
 from openai import APIConnectionError, AsyncOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,12 +51,7 @@ class Server:
         self.client = self.new_client()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
 
 
 def start_llama_server(binary: str, model: str, threads: int, parallel: int, n_ctx: int, workdir: Path) -> Server:

@@ -35,7 +35,6 @@ import json
 import multiprocessing
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _machine import free_port, print_header, wait_healthy
+from _machine import free_port, print_header, stop_process, wait_healthy
 
 HERE = Path(__file__).absolute().parent  # not resolved: a checkout may link to these files
 MODELS = {  # the model each kind of burst needs; a daemon loads only those of the kinds asked for
@@ -221,13 +220,7 @@ class Daemon:
             client.get("/health").raise_for_status()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.log.close()
 
 

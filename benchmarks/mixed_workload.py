@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _machine import describe, free_port, print_header, wait_healthy
+from _machine import describe, free_port, print_header, stop_process, wait_healthy
 from openai import AsyncOpenAI
 
 REPO = Path(__file__).resolve().parent.parent
@@ -220,12 +219,7 @@ class DaemonProc:
         return total, count
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self.log.close()
 
 
