@@ -76,8 +76,10 @@ def is_port_free(host: str, port: int) -> bool:
     return True
 
 
-def _listening_inodes(port: int) -> set[str]:
-    inodes = set()
+def tcp_sockets(port: int, state: str) -> list[str]:
+    """Inodes of this host's TCP sockets whose local port is `port` in `state` (the kernel's hex
+    code in /proc/net/tcp*: "0A" LISTEN, "08" CLOSE-WAIT); empty where /proc cannot tell."""
+    inodes = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -85,10 +87,13 @@ def _listening_inodes(port: int) -> set[str]:
             continue
         for line in lines:
             fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
-                inodes.add(inode)
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.append(fields[9])
     return inodes
+
+
+def _listening_inodes(port: int) -> set[str]:
+    return set(tcp_sockets(port, "0A"))
 
 
 def port_holder(port: int) -> str:

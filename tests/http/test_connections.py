@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from sage_daemon.core.config import HttpConfig
+from sage_daemon.core.ports import tcp_sockets
 from sage_daemon.http.connections import check_somaxconn, hypercorn_config, raise_nofile_limit, serve
 
 Response = tuple[int, dict[str, str], bytes]
@@ -100,18 +101,8 @@ def port_of(fake: Any) -> int:
 
 
 def close_wait_count(port: int) -> int:
-    """Sockets on our side of `port` in CLOSE-WAIT (state 08 in /proc/net/tcp*)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "08":
-                count += 1
-    return count
+    """Sockets on our side of `port` in CLOSE-WAIT."""
+    return len(tcp_sockets(port, "08"))
 
 
 GET_HEALTH = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"
