@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -23,13 +23,13 @@ from sage_daemon.core.errors import (
 )
 
 __all__ = [
-    "ChatMessage", "ChatTemplateMissingError", "ContextOverflowError", "EmbeddingEngine", "EmbeddingResult", "Engine",
+    "ChatMessage", "ChatTemplateMissingError", "ConstraintKind", "OutputConstraint", "ToolCall", "ToolCallDelta", "ToolSpec", "ContextOverflowError", "EmbeddingEngine", "EmbeddingResult", "Engine",
     "EngineError", "EngineHealth", "EngineState", "EngineStats", "FinishReason", "GenerationChunk", "GenerationRequest",
     "InvalidRequestError", "InvalidSamplingError", "LLMEngine", "ModelInfo", "NullGate", "SamplingParams", "StepGate",
     "TokenLogprob", "TopLogprob",
 ]
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled", "error"]
 
 
 class EngineState(str, enum.Enum):
@@ -40,9 +40,50 @@ class EngineState(str, enum.Enum):
     ERROR = "error"
 
 
+class ToolCall(msgspec.Struct, frozen=True):
+    """A function call the model made (an assistant message's `tool_calls`, OpenAI's shape flattened)."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
 class ChatMessage(msgspec.Struct, frozen=True):
-    role: str
-    content: str
+    role: str  # system | developer | user | assistant | tool
+    content: str | None  # None: an assistant message that only calls tools
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant messages
+    tool_call_id: str | None = None  # role "tool": the call this is the result of
+    name: str | None = None  # role "tool": the function's name, where the client gave it
+
+
+class ToolSpec(msgspec.Struct, frozen=True):
+    """A function the model may call (OpenAI's `tools[i].function`)."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = {}  # a JSON Schema for the arguments object
+    strict: bool = False
+
+
+ConstraintKind = Literal["json_schema", "json_object", "regex", "choice", "lark", "gbnf"]
+
+
+class OutputConstraint(msgspec.Struct, frozen=True):
+    """What a generation's text must match, enforced by constrained decoding (a token mask per step).
+
+    `value` is the grammar in the kind's own text: a JSON Schema as JSON text (json_schema), "" or
+    a schema for json_object, a regular expression (regex), a JSON list of strings (choice), a
+    Lark grammar as llguidance reads it (lark), a GBNF grammar as llama-server reads it (gbnf).
+    `param` is the request field an error names (response_format, grammar, guided_regex...).
+    `trigger`: a lazy constraint. The output is free until it contains `trigger`; from there on
+    (the trigger included) it must match the grammar. Used for tool calls with tool_choice "auto".
+    """
+
+    kind: ConstraintKind
+    value: str = ""
+    param: str = "response_format"
+    name: str = "output"  # json_schema's name (passed on to remote servers)
+    trigger: str | None = None
 
 
 class SamplingParams(msgspec.Struct, frozen=True):
@@ -71,6 +112,20 @@ class GenerationRequest(msgspec.Struct, frozen=True):
     messages: tuple[ChatMessage, ...] | None = None
     prompt_tokens: tuple[int, ...] | None = None
     background: bool = False  # batch work (job stages, background priority): its steps may be cut short for interactive work
+    constraint: OutputConstraint | None = None  # structured output: response_format, a grammar, or a forced tool call
+    tools: tuple[ToolSpec, ...] = ()  # functions offered to the model (rendered into the prompt by the chat template)
+    tool_choice: str = "auto"  # none | auto | required | the name of the one function it must call
+    parallel_tool_calls: bool = True  # more than one call in a reply
+
+
+class ToolCallDelta(msgspec.Struct, frozen=True):
+    """A piece of a tool call in a stream, as OpenAI's `delta.tool_calls[i]`: the first piece of
+    call `index` carries `id` and `name`, the others only fragments of `arguments` (JSON text)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 class TopLogprob(msgspec.Struct, frozen=True):
@@ -104,6 +159,8 @@ class GenerationChunk(msgspec.Struct):
     cached_prompt_tokens: int = 0  # prompt tokens reused from the KV cache (prefix reuse)
     error: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()  # one per entry of token_ids, when the request asked for them
+    reasoning: str = ""  # text inside the model's reasoning markers (<think>...</think>): not part of `text`
+    tool_calls: tuple[ToolCallDelta, ...] = ()  # tool calls parsed out of the output (their text is not in `text`)
 
 
 class EmbeddingResult(msgspec.Struct):
