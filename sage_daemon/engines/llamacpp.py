@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,16 +49,20 @@ from .base import (
     GenerationRequest,
     InvalidRequestError,
     NullGate,
+    OutputConstraint,
     SamplingParams,
     StepGate,
     TokenLogprob,
+    ToolSpec,
     TopLogprob,
 )
 from .batch_scheduler import MAX_ABORTS_IN_A_ROW, BatchScheduler, KvCopy, KvOp, KvTrim, Sequence, StepPlan
 from .text_stream import StopStringMatcher, Utf8StreamDecoder
 
 if TYPE_CHECKING:
+    from .grammar import CompiledGrammar, GrammarCompiler, TokenMatcher
     from .llamacpp_sampling import Sampler
+    from .tool_formats import ToolCallParser, ToolFormat
 
 __all__ = ["MAX_ABORTS_IN_A_ROW", "LlamaCppEngine", "LlamaCppSpec", "llama_cpp_uses_openmp"]
 
@@ -82,6 +87,11 @@ class LlamaCppSpec(msgspec.Struct, frozen=True, kw_only=True):
     # used cells of the unified cache, so idle caches cost some speed.
     idle_cache_tokens: int | None = None
     n_gpu_layers: int = 0
+    # How tool calls are written and parsed (hermes | llama3 | mistral | generic); None: from the chat template.
+    tool_format: str | None = None
+    # Reasoning markers whose text goes to `reasoning_content`: "auto" (<think>...</think> when the
+    # template knows them), "think" (always), "off".
+    reasoning: Literal["auto", "think", "off"] = "auto"
 
 
 # -- llama.cpp process-wide setup ---------------------------------------------------------------
@@ -137,6 +147,7 @@ class _Stream:
     send: trio.MemorySendChannel[GenerationChunk]
     trio_token: trio.lowlevel.TrioToken
     background: bool = False  # its steps may be cut short for an interactive arrival
+    grammar: CompiledGrammar | None = None  # its output constraint; the Sampler gets a matcher of it
     seq: Sequence = field(init=False)
     sampler: Sampler | None = None  # made on the loop thread when the submit arrives
     decoder: Utf8StreamDecoder = field(default_factory=Utf8StreamDecoder)
@@ -168,6 +179,26 @@ class _Stream:
         )
 
 
+def _template_tools(tools: tuple[ToolSpec, ...]) -> list[dict[str, Any]]:
+    from .tool_formats import template_tools
+
+    return template_tools(tools)
+
+
+def _parsed(parser: ToolCallParser, chunk: GenerationChunk) -> GenerationChunk:
+    """A chunk of raw output as content, reasoning and tool calls (the parser holds back what may
+    still become a marker or a call until it knows)."""
+    delta = parser.feed(chunk.text) if chunk.text else None
+    content, reasoning, calls = (delta.content, delta.reasoning, delta.tool_calls) if delta is not None else ("", "", ())
+    reason = chunk.finish_reason
+    if reason is not None:
+        tail = parser.finish()
+        content, reasoning, calls = content + tail.content, reasoning + tail.reasoning, calls + tail.tool_calls
+        if reason == "stop" and parser.called:
+            reason = "tool_calls"
+    return msgspec.structs.replace(chunk, text=content, reasoning=reasoning, tool_calls=calls, finish_reason=reason)
+
+
 def _deliver_on_trio(items: list[tuple[_Stream, GenerationChunk]]) -> None:
     """Runs on the trio thread: put a step's chunks into their channels, close finished ones."""
     for stream, chunk in items:
@@ -181,6 +212,11 @@ def _deliver_on_trio(items: list[tuple[_Stream, GenerationChunk]]) -> None:
 
 
 _Command = tuple[Literal["submit", "cancel"], _Stream]
+
+
+def _compute_masks(matchers: list[TokenMatcher]) -> None:
+    for matcher in matchers:
+        matcher.compute_mask()
 
 
 class _Model:
@@ -247,6 +283,12 @@ class _Model:
             self.weights_bytes = int(llama_cpp.llama_model_size(self.model))
             template = llama_cpp.llama_model_chat_template(self.model, None)
             self.gguf_chat_template = template.decode("utf-8") if template else None
+            # Control tokens by text (tool-call grammars write <|python_tag|> or [TOOL_CALLS] as the token).
+            self.special_token_ids = {
+                self.token_text(t): t for t in range(self.n_vocab) if llama_cpp.llama_token_get_attr(self.vocab, t) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+            }
+            self.special_tokens = frozenset(self.special_token_ids)
+            self.grammars: GrammarCompiler | None = None
             self._pieces: dict[int, bytes] = {}
         except BaseException:
             self.free()
@@ -330,6 +372,8 @@ class LlamaCppEngine:
         self._detail = ""
         self._model: _Model | None = None
         self._chat_formatter: object | None = None
+        self._grammar_lock = threading.Lock()
+        self._mask_pool: ThreadPoolExecutor | None = None  # computes grammar masks while llama.cpp decodes
         self._lifecycle = threading.Lock()  # load/unload, on worker threads
         self._cond = threading.Condition(threading.Lock())  # guards the fields below
         self._inbox: list[_Command] = []
@@ -411,6 +455,9 @@ class LlamaCppEngine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._mask_pool is not None:
+            self._mask_pool.shutdown()
+            self._mask_pool = None
         # The loop failed its own streams on the way out; these were never seen by it.
         with self._cond:
             leftover, self._inbox = self._inbox, []
@@ -489,7 +536,29 @@ class LlamaCppEngine:
             add_generation_prompt=True,
         )
 
-    def render_chat(self, messages: tuple[ChatMessage, ...] | list[ChatMessage]) -> str:
+    def _template_text(self) -> str | None:
+        model = self._model
+        return self.spec.chat_format or (model.gguf_chat_template if model is not None else None)
+
+    def tool_format(self) -> ToolFormat:
+        """How this model writes tool calls: the configured format, else the chat template's family."""
+        from .tool_formats import detect_format
+
+        if self.spec.tool_format:
+            return self.spec.tool_format  # type: ignore[return-value]  # checked by the config's Literal
+        return detect_format(self._template_text())
+
+    def _reasoning_markers(self) -> tuple[str, str] | None:
+        mode = self.spec.reasoning
+        if mode == "off" or (mode == "auto" and "<think>" not in (self._template_text() or "")):
+            return None
+        return ("<think>", "</think>")
+
+    def render_chat(
+        self, messages: tuple[ChatMessage, ...] | list[ChatMessage], tools: tuple[ToolSpec, ...] = (), tool_choice: str = "auto", parallel_tool_calls: bool = True
+    ) -> str:
+        """The prompt text of a conversation by the model's Jinja template, with `tools` rendered
+        the template's own way, or (a template that knows no tools) described in a system prompt."""
         formatter = self._chat_formatter
         if formatter is None:
             raise ChatTemplateMissingError(
@@ -498,9 +567,19 @@ class LlamaCppEngine:
             )
         import jinja2
 
+        offered = tools if tool_choice != "none" else ()
+        dicts: list[dict[str, Any]]
+        native = False
+        if offered or any(m.tool_calls or m.role == "tool" for m in messages):
+            from .tool_formats import template_knows_tools, template_messages
+
+            native = bool(offered) and template_knows_tools(self._template_text())
+            dicts = template_messages(messages, offered, tool_choice, parallel_tool_calls, self.tool_format(), native)
+        else:
+            dicts = [{"role": m.role, "content": m.content or ""} for m in messages]
         try:
-            result = formatter(messages=[{"role": m.role, "content": m.content} for m in messages])  # type: ignore[operator]
-        except jinja2.TemplateError as exc:  # the template's raise_exception: roles out of order...
+            result = formatter(messages=dicts, tools=_template_tools(offered) if native else None)  # type: ignore[operator]
+        except (jinja2.TemplateError, ValueError, TypeError) as exc:  # the template's raise_exception: roles out of order...
             raise InvalidRequestError(f"the chat template of {self.name!r} refused the messages: {exc}", param="messages") from exc
         prompt: str = result.prompt
         return prompt
@@ -516,7 +595,7 @@ class LlamaCppEngine:
                 raise InvalidRequestError(f"prompt token ids must be in [0, {model.n_vocab})", param="prompt")
             tokens = np.asarray(ids, dtype=np.int32)
         elif request.messages is not None:
-            text = self.render_chat(request.messages)
+            text = self.render_chat(request.messages, request.tools, request.tool_choice, request.parallel_tool_calls)
             bos_text = model.token_text(model.bos)
             # Templates that write the BOS themselves must not get a second one.
             add_special = not (bos_text and text.startswith(bos_text))
@@ -542,10 +621,45 @@ class LlamaCppEngine:
 
         model = self._require_model()
         sampling = check_sampling(request.sampling, model.n_vocab)
+        tools = request.tools if request.tool_choice != "none" else ()
+        if tools and request.messages is None:
+            raise InvalidRequestError("tools need a chat request (messages)", param="tools")
+        constraint = self._output_constraint(request, tools)
+        if constraint is not None:
+            self._grammar_compiler(model).compile(constraint)  # a 400 now, and cached for generate()
         tokens = self._prompt_tokens(model, request)
         if len(tokens) + sampling.max_tokens > self.n_ctx:
             raise ContextOverflowError(len(tokens), sampling.max_tokens, self.n_ctx, param="messages" if request.messages is not None else "prompt")
-        return msgspec.structs.replace(request, sampling=sampling, prompt=None, messages=None, prompt_tokens=tuple(tokens.tolist()))
+        return msgspec.structs.replace(
+            request, sampling=sampling, prompt=None, messages=None, prompt_tokens=tuple(tokens.tolist()), constraint=constraint, tools=tools
+        )
+
+    def _output_constraint(self, request: GenerationRequest, tools: tuple[ToolSpec, ...]) -> OutputConstraint | None:
+        """What the output must match: a forced tool call (tool_choice required or a named
+        function), the request's own constraint (response_format, grammar...), or with tool_choice
+        auto a grammar that leaves text free and makes any call valid."""
+        if not tools:
+            return request.constraint
+        if request.constraint is not None and request.tool_choice == "auto":
+            return request.constraint
+        from .tool_formats import call_constraint
+
+        model = self._require_model()
+        return call_constraint(
+            self.tool_format(), tools, request.tool_choice, request.parallel_tool_calls, model.special_tokens, model.special_token_ids
+        )
+
+    def _grammar_compiler(self, model: _Model) -> GrammarCompiler:
+        """The model's grammar compiler, made at the first constrained request (~0.2 s)."""
+        compiler = model.grammars
+        if compiler is None:
+            with self._grammar_lock:
+                compiler = model.grammars
+                if compiler is None:
+                    from .grammar import GrammarCompiler
+
+                    compiler = model.grammars = GrammarCompiler.for_llama_vocab(model.vocab, model.n_vocab, model.eog_tokens)
+        return compiler
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -559,6 +673,10 @@ class LlamaCppEngine:
         if request.prompt_tokens is None or request.prompt is not None or request.messages is not None:
             raise ValueError(f"generate() takes a request returned by prepare(); {request.request_id!r} was not prepared")
         sampling = request.sampling
+        model = self._require_model()
+        # A cache hit: prepare() compiled it (a miss, after 64 other grammars, compiles here).
+        grammar = self._grammar_compiler(model).compile(request.constraint) if request.constraint is not None else None
+        parser = self._output_parser(request)
         # At most one chunk per sampled token, plus the final one: the loop never meets a full buffer.
         send, receive = trio.open_memory_channel[GenerationChunk](sampling.max_tokens + 2)
         stream = _Stream(
@@ -568,12 +686,13 @@ class LlamaCppEngine:
             send=send,
             trio_token=trio.lowlevel.current_trio_token(),
             background=request.background,
+            grammar=grammar,
         )
         self._post(("submit", stream))
         try:
             async with receive:
                 async for chunk in receive:
-                    yield chunk
+                    yield chunk if parser is None else _parsed(parser, chunk)
                     if chunk.finish_reason is not None:
                         return
             if not stream.delivered_final:
@@ -581,6 +700,18 @@ class LlamaCppEngine:
         finally:
             if not stream.delivered_final:
                 self._post(("cancel", stream), quiet=True)
+
+    def _output_parser(self, request: GenerationRequest) -> ToolCallParser | None:
+        """What splits the output into content, reasoning and tool calls (None: all of it is content)."""
+        markers = self._reasoning_markers()
+        if not request.tools and markers is None:
+            return None
+        from .tool_formats import ToolCallParser
+
+        assert request.prompt_tokens is not None
+        # A template that opens the reasoning block in the prompt: the output starts inside it.
+        tail = self.detokenize(request.prompt_tokens[-4:]).rstrip() if markers is not None else ""
+        return ToolCallParser(self.tool_format(), bool(request.tools), markers, starts_in_reasoning=markers is not None and tail.endswith(markers[0]))
 
     def _post(self, command: _Command, quiet: bool = False) -> None:
         with self._cond:
@@ -664,7 +795,7 @@ class LlamaCppEngine:
         if not plan.items:
             return
         n_tokens, logit_rows = self._fill_batch(model, plan)
-        if not self._decode_step(model, plan, n_tokens):  # preempted: llama.cpp dropped the step's cells; the tokens go again
+        if not self._decode_with_masks(model, plan, n_tokens):  # preempted: llama.cpp dropped the step's cells; the tokens go again
             scheduler.unschedule(plan)
             self._preempted_steps += 1
             return
@@ -696,6 +827,21 @@ class LlamaCppEngine:
             n += k
         model.batch.n_tokens = n
         return n, logit_rows
+
+    def _decode_with_masks(self, model: _Model, plan: StepPlan, n_tokens: int) -> bool:
+        """Decode, computing the grammar masks of the step's constrained sequences at the same time
+        on the mask thread (llguidance and ggml both drop the GIL): the masks cost the step
+        nothing while they take less time than the decode."""
+        matchers = [m for m in (seq.payload.sampler.matcher for seq in plan.sampling if seq.payload.sampler is not None) if m is not None]  # type: ignore[attr-defined]
+        if not matchers:
+            return self._decode_step(model, plan, n_tokens)
+        if self._mask_pool is None:
+            self._mask_pool = ThreadPoolExecutor(1, thread_name_prefix=f"grammar-{self.name}")
+        masks = self._mask_pool.submit(_compute_masks, matchers)
+        try:
+            return self._decode_step(model, plan, n_tokens)
+        finally:
+            masks.result()
 
     def _decode_step(self, model: _Model, plan: StepPlan, n_tokens: int) -> bool:
         """Decode the filled batch; an interactive submit may abort it when the scheduler marked it
@@ -798,7 +944,8 @@ class LlamaCppEngine:
         from .llamacpp_sampling import Sampler
 
         try:
-            stream.sampler = Sampler(stream.sampling, model.n_vocab, model.eog_tokens)
+            matcher = stream.grammar.matcher() if stream.grammar is not None else None
+            stream.sampler = Sampler(stream.sampling, model.n_vocab, model.eog_tokens, matcher)
             scheduler.add(stream.seq)
         except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the batch
             log.exception("llama.cpp engine %r: request %r could not start", self.name, stream.request_id)
@@ -826,7 +973,12 @@ class LlamaCppEngine:
             stream.unsent_logprobs.append(_token_logprob(model, stream.sampler, token))  # type: ignore[arg-type]
         text = stream.decoder.feed(model.piece(token))
         emit, hit_stop = stream.stop.feed(text) if text else ("", False)
-        if hit_stop:  # a stop string: the loop's own stop rule (the scheduler never sees text)
+        matcher = stream.sampler.matcher if stream.sampler is not None else None
+        if matcher is not None and not hit_stop and matcher.is_finished():
+            # The grammar is complete (it allows nothing but the end): stop now, not a step later.
+            hit_stop = True
+            emit += stream.stop.flush()
+        if hit_stop:  # a stop string or a complete grammar: the loop's own stop rules (the scheduler never sees text)
             if reason is None:
                 self._apply_kv_ops(model, scheduler.finish(stream.seq))
             self._finish(stream, "stop", outbox, emit, flush=False)

@@ -3,8 +3,10 @@
 llama.cpp's own sampler chain builds (and for softmax and top-p sorts) a candidate entry per
 vocabulary token for every draw: on SmolLM2 (49,152 tokens, ~10 ms decode steps) 0.4 ms for a
 plain temperature, 0.5-3.9 ms with top_p 0.9 (`benchmarks/sampling.py`). This applies the same
-steps in the same order (logit bias, presence/frequency penalties, top-k, top-p, min-p, temperature, draw) on a
-copy of the row, looking only at the tokens near the top.
+steps in the same order (grammar mask, logit bias, presence/frequency penalties, top-k, top-p,
+min-p, temperature, draw) on a copy of the row, looking only at the tokens near the top. The
+grammar mask (constrained decoding: `grammar.TokenMatcher`) is per sequence: one decode batch
+mixes constrained and free sequences.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ctypes
 import math
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import llama_cpp
 import msgspec
@@ -21,6 +24,9 @@ import numpy as np
 from cython_ops import sample_logits
 
 from .base import InvalidSamplingError, SamplingParams
+
+if TYPE_CHECKING:
+    from .grammar import TokenMatcher
 
 # The ranges of OpenAI's API (and of every door: http/schemas.py, jobs/spec.py): the engine takes
 # no wider ones, so a value that slipped past a door cannot turn the float32 row into inf - inf.
@@ -79,8 +85,9 @@ def check_sampling(params: SamplingParams, n_vocab: int) -> SamplingParams:
 class Sampler:
     """One sequence's sampling state: `sample()` picks the next token and counts it for the penalties."""
 
-    def __init__(self, params: SamplingParams, n_vocab: int, eog_tokens: Sequence[int] = ()):
+    def __init__(self, params: SamplingParams, n_vocab: int, eog_tokens: Sequence[int] = (), matcher: TokenMatcher | None = None):
         self._params = params
+        self.matcher = matcher  # the sequence's grammar; its mask must be computed before pick() (the loop does it during the decode)
         # As check_sampling, again here where the value crosses into C (one compare per request).
         self._top_k = params.top_k if 0 < params.top_k < n_vocab else 0
         self._row = np.empty(n_vocab, dtype=np.float32)
@@ -134,6 +141,9 @@ class Sampler:
         p = self._params
         if self._logprobs is not None:
             self._log_softmax(row)
+        matcher = self.matcher
+        if matcher is not None:
+            matcher.apply_mask(row)
         if self._bias_ids is not None:
             row[self._bias_ids] += self._bias
         if self._suppressed is not None:
@@ -145,6 +155,9 @@ class Sampler:
             row[self._seen_ids] -= self._counts[self._seen_ids] * p.frequency_penalty + p.presence_penalty
         u = self._rng.random() if self._rng is not None else 0.0
         token: int = sample_logits(row, p.temperature, self._top_k, p.top_p, p.min_p, u)
+        if matcher is not None and not matcher.accept(token):
+            # Only when no allowed token could be drawn (e.g. ignore_eos where the grammar allows only the end).
+            raise RuntimeError(f"the output constraint refused token {token}: {matcher.error() or 'no allowed token left'}")
         if self._counts is not None:
             if self._counts[token] == 0:
                 self._seen.append(token)

@@ -53,9 +53,56 @@ class StreamOptions(Struct, omit_defaults=True):
     include_usage: bool = False
 
 
+# OpenAI's rule for function and schema names.
+FunctionName = Annotated[str, Meta(pattern="^[a-zA-Z0-9_-]{1,64}$", description="a-z, A-Z, 0-9, underscores and dashes; at most 64.")]
+JsonSchemaObject = Annotated[dict[str, Any], Meta(description="A JSON Schema (the subset OpenAI's structured outputs document).")]
+GrammarText = Annotated[str, Meta(min_length=1, max_length=1_000_000)]
+
+
+class JsonSchemaFormat(Struct):
+    name: FunctionName
+    schema: JsonSchemaObject | None = None  # None: any JSON object
+    strict: bool | None = None
+    description: str | None = None
+
+
 class ResponseFormat(Struct):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+
+class FunctionDefinition(Struct):
+    name: FunctionName
+    description: str | None = None
+    parameters: JsonSchemaObject | None = None  # None: a function without arguments
+    strict: bool | None = None
+
+
+class Tool(Struct):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionRef(Struct):
+    name: FunctionName
+
+
+class NamedToolChoice(Struct):
+    type: Literal["function"]
+    function: FunctionRef
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class StructuredOutputs(Struct, omit_defaults=True):
+    """vLLM's `structured_outputs` extension: exactly one of these."""
+
+    json: JsonSchemaObject | str | None = None
+    regex: GrammarText | None = None
+    choice: Annotated[list[str], Meta(min_length=1, max_length=4096)] | None = None
+    grammar: GrammarText | None = None
+    json_object: bool | None = None
 
 
 class Usage(Struct):
@@ -85,10 +132,24 @@ class TextPart(Struct):
     text: str = ""
 
 
+class ToolCallFunction(Struct):
+    name: FunctionName
+    arguments: Annotated[str, Meta(max_length=4_000_000)]  # JSON text
+
+
+class ToolCallIn(Struct):
+    id: Annotated[str, Meta(min_length=1, max_length=256)]
+    function: ToolCallFunction
+    type: Literal["function"] = "function"
+
+
 class ChatMessageIn(Struct):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None  # None only for an assistant message with tool_calls
     name: str | None = None
+    tool_calls: Annotated[list[ToolCallIn], Meta(max_length=128)] | None = None  # assistant
+    tool_call_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None  # tool
+    reasoning_content: str | None = None  # an earlier reply's reasoning (not sent back to the model)
 
 
 class _SamplingFields(Struct, kw_only=True):
@@ -120,15 +181,38 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: TopLogprobs | None = None  # needs logprobs: true
+    tools: Annotated[list[Tool], Meta(max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None  # default: "auto" with tools, "none" without
+    parallel_tool_calls: bool | None = None
+    # Structured-output extensions people send: llama-server's and vLLM's.
+    grammar: GrammarText | None = None  # llama-server: a GBNF grammar
+    json_schema: JsonSchemaObject | None = None  # llama-server: a JSON Schema for the reply
+    structured_outputs: StructuredOutputs | None = None  # vLLM >= 0.10
+    guided_json: JsonSchemaObject | str | None = None  # vLLM < 0.10
+    guided_regex: GrammarText | None = None
+    guided_choice: Annotated[list[str], Meta(min_length=1, max_length=4096)] | None = None
+    guided_grammar: GrammarText | None = None
     # Known but not supported: refused by name when set.
-    tools: list[Any] | None = None
-    tool_choice: Any | None = None
     functions: list[Any] | None = None
+    function_call: Any | None = None
 
 
-class ChatMessageOut(Struct):
+class ToolCallOutFunction(Struct):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(Struct):
+    id: str
+    function: ToolCallOutFunction
+    type: Literal["function"] = "function"
+
+
+class ChatMessageOut(Struct, omit_defaults=True):
     role: str
-    content: str
+    content: str | None  # None when the reply is only tool calls (always written)
+    tool_calls: list[ToolCallOut] | None = None
+    reasoning_content: str | None = None  # vLLM's and llama-server's field: the model's reasoning
 
 
 class LogprobTop(Struct):
@@ -166,9 +250,25 @@ class ChatCompletion(Struct):
     system_fingerprint: str | None = None
 
 
+class ToolCallDeltaFunction(Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDeltaOut(Struct, omit_defaults=True):
+    """OpenAI's `delta.tool_calls[i]`: id, type and name in a call's first delta; then argument fragments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ToolCallDeltaFunction | None = None
+
+
 class ChatDelta(Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallDeltaOut] | None = None
 
 
 class ChatChunkChoice(Struct):

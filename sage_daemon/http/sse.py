@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import msgspec
 
-from sage_daemon.engines.base import GenerationChunk, TokenLogprob
+from sage_daemon.engines.base import GenerationChunk, TokenLogprob, ToolCallDelta
 from sage_daemon.http.schemas import (
     ChatChoice,
     ChatChunkChoice,
@@ -29,6 +29,10 @@ from sage_daemon.http.schemas import (
     ErrorResponse,
     LogprobContent,
     LogprobTop,
+    ToolCallDeltaFunction,
+    ToolCallDeltaOut,
+    ToolCallOut,
+    ToolCallOutFunction,
     Usage,
 )
 
@@ -42,10 +46,40 @@ def event(obj: object) -> bytes:
 
 
 def public_finish_reason(reason: str | None) -> str | None:
-    """Engines' reasons as OpenAI's: stop and length pass; anything else ended as a stop."""
-    if reason is None or reason in ("stop", "length"):
+    """Engines' reasons as OpenAI's: stop, length and tool_calls pass; anything else ended as a stop."""
+    if reason is None or reason in ("stop", "length", "tool_calls"):
         return reason
     return "stop"
+
+
+def tool_call_deltas(deltas: tuple[ToolCallDelta, ...]) -> list[ToolCallDeltaOut]:
+    """OpenAI's `delta.tool_calls` for a chunk's pieces of tool calls."""
+    out = []
+    for d in deltas:
+        first = d.id is not None
+        out.append(ToolCallDeltaOut(d.index, d.id, "function" if first else None, ToolCallDeltaFunction(d.name, d.arguments if d.arguments or first else None)))
+    return out
+
+
+class ToolCallAssembler:
+    """Whole tool calls (id, name, arguments) of one choice, from its chunks' pieces."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []  # [id, name, arguments] per index
+
+    def feed(self, deltas: tuple[ToolCallDelta, ...]) -> None:
+        for d in deltas:
+            while len(self.calls) <= d.index:
+                self.calls.append(["", "", ""])
+            call = self.calls[d.index]
+            if d.id is not None:
+                call[0] = d.id
+            if d.name is not None:
+                call[1] = d.name
+            call[2] += d.arguments
+
+    def out(self) -> list[ToolCallOut] | None:
+        return [ToolCallOut(i, ToolCallOutFunction(n, a)) for i, n, a in self.calls] or None
 
 
 def chat_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> ChatLogprobs:
@@ -146,9 +180,13 @@ class ChatStream(_Stream):
             return b""
         out = b"" if self.started[index] else self.start()
         self._count(index, chunk)
+        if chunk.reasoning:
+            out += self._chunk([ChatChunkChoice(index, ChatDelta(reasoning_content=chunk.reasoning))])
         if chunk.text:
             logprobs = chat_logprobs(chunk.logprobs) if self.logprobs else None
             out += self._chunk([ChatChunkChoice(index, ChatDelta(content=chunk.text), logprobs=logprobs)])
+        if chunk.tool_calls:
+            out += self._chunk([ChatChunkChoice(index, ChatDelta(tool_calls=tool_call_deltas(chunk.tool_calls)))])
         if chunk.finish_reason is not None:
             self.finished[index] = True
             out += self._chunk([ChatChunkChoice(index, ChatDelta(), public_finish_reason(chunk.finish_reason))])
@@ -210,6 +248,8 @@ class _Reply(_Stream):
     def __init__(self, **kwargs: object):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.texts = [""] * self.n
+        self.reasoning = [""] * self.n
+        self.tool_calls = [ToolCallAssembler() for _ in range(self.n)]
         self.token_logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.n)]
         self.reasons: list[str | None] = [None] * self.n
 
@@ -218,6 +258,10 @@ class _Reply(_Stream):
             return
         self._count(index, chunk)
         self.texts[index] += chunk.text
+        if chunk.reasoning:
+            self.reasoning[index] += chunk.reasoning
+        if chunk.tool_calls:
+            self.tool_calls[index].feed(chunk.tool_calls)
         self.token_logprobs[index] += chunk.logprobs
         if chunk.finish_reason is not None:
             self.finished[index] = True
@@ -229,10 +273,11 @@ class ChatReply(_Reply):
 
     def reply(self) -> ChatCompletion:
         """The reply; a choice that never said why it ended ended as a stop."""
-        choices = [
-            ChatChoice(i, ChatMessageOut("assistant", self.texts[i]), self.reasons[i] or "stop", chat_logprobs(self.token_logprobs[i]) if self.logprobs else None)
-            for i in range(self.n)
-        ]
+        choices = []
+        for i in range(self.n):
+            calls = self.tool_calls[i].out()
+            message = ChatMessageOut("assistant", self.texts[i] if self.texts[i] or not calls else None, calls, self.reasoning[i] or None)
+            choices.append(ChatChoice(i, message, self.reasons[i] or "stop", chat_logprobs(self.token_logprobs[i]) if self.logprobs else None))
         return ChatCompletion(self.id, self.created, self.model, choices, self.usage())
 
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import msgspec
 
 from sage_daemon.control.api import InvalidRequestError, ModelInfo, Priority, RequestKind, RequestMeta
-from sage_daemon.engines.base import ChatMessage, GenerationRequest, SamplingParams
+from sage_daemon.engines.base import ChatMessage, GenerationRequest, OutputConstraint, SamplingParams, ToolCall, ToolSpec
 from sage_daemon.http import schemas as s
 from sage_daemon.http.errors import bad_request, unsupported
 
@@ -126,44 +126,142 @@ def _refuse_common(req: s.ChatCompletionRequest | s.CompletionRequest) -> None:
 # -- chat -------------------------------------------------------------------------------------
 
 
+def _message_text(message: s.ChatMessageIn, i: int) -> str | None:
+    if message.content is None or isinstance(message.content, str):
+        return message.content
+    parts = []
+    for j, part in enumerate(message.content):
+        if part.type != "text":
+            raise bad_request(
+                f"content part type {part.type!r} is not supported: this server takes text parts only",
+                param=f"messages[{i}].content[{j}].type",
+            )
+        parts.append(part.text)
+    return "\n".join(parts)
+
+
 def _chat_messages(messages: list[s.ChatMessageIn]) -> tuple[ChatMessage, ...]:
     out = []
     for i, message in enumerate(messages):
-        if isinstance(message.content, str):
-            text = message.content
-        else:
-            parts = []
-            for j, part in enumerate(message.content):
-                if part.type != "text":
-                    raise bad_request(
-                        f"content part type {part.type!r} is not supported: this server takes text parts only",
-                        param=f"messages[{i}].content[{j}].type",
-                    )
-                parts.append(part.text)
-            text = "\n".join(parts)
+        text = _message_text(message, i)
+        calls: tuple[ToolCall, ...] = ()
+        if message.tool_calls:
+            if message.role != "assistant":
+                raise bad_request(f"only assistant messages carry tool_calls, not {message.role!r} ones", param=f"messages[{i}].tool_calls")
+            calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls)
+        if message.role == "tool" and message.tool_call_id is None:
+            raise bad_request("a tool message needs tool_call_id: the id of the call it answers", param=f"messages[{i}].tool_call_id")
+        if text is None and not calls:
+            raise bad_request(f"messages[{i}] has no content (only an assistant message with tool_calls may leave it null)", param=f"messages[{i}].content")
         role = "system" if message.role == "developer" else message.role
-        out.append(ChatMessage(role=role, content=text))
+        out.append(ChatMessage(role=role, content=text, tool_calls=calls, tool_call_id=message.tool_call_id, name=message.name))
     return tuple(out)
+
+
+def _json_text(value: dict[str, Any] | str, param: str) -> str:
+    """A JSON Schema given as an object (or, as vLLM also takes it, as JSON text) as compact JSON text."""
+    if isinstance(value, str):
+        try:
+            value = msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            raise bad_request(f"{param} is not valid JSON", param=param) from None
+        if not isinstance(value, dict):
+            raise bad_request(f"{param} must be a JSON Schema object", param=param)
+    return msgspec.json.encode(value).decode()
+
+
+def output_constraint(req: s.ChatCompletionRequest) -> OutputConstraint | None:
+    """The one structured-output request among OpenAI's response_format and the extensions
+    llama-server (grammar, json_schema) and vLLM (structured_outputs, guided_*) take."""
+    found: list[OutputConstraint] = []
+    fmt = req.response_format
+    if fmt is not None and fmt.type == "json_object":
+        found.append(OutputConstraint("json_object", "", "response_format"))
+    elif fmt is not None and fmt.type == "json_schema":
+        if fmt.json_schema is None:
+            raise bad_request('response_format of type "json_schema" needs a json_schema object (name, schema)', param="response_format.json_schema")
+        if fmt.json_schema.schema is None:
+            found.append(OutputConstraint("json_object", "", "response_format", name=fmt.json_schema.name))
+        else:
+            found.append(OutputConstraint("json_schema", _json_text(fmt.json_schema.schema, "response_format"), "response_format", name=fmt.json_schema.name))
+    if req.grammar is not None:
+        found.append(OutputConstraint("gbnf", req.grammar, "grammar"))
+    if req.json_schema is not None:
+        found.append(OutputConstraint("json_schema", _json_text(req.json_schema, "json_schema"), "json_schema"))
+    if req.guided_json is not None:
+        found.append(OutputConstraint("json_schema", _json_text(req.guided_json, "guided_json"), "guided_json"))
+    if req.guided_regex is not None:
+        found.append(OutputConstraint("regex", req.guided_regex, "guided_regex"))
+    if req.guided_choice is not None:
+        found.append(OutputConstraint("choice", msgspec.json.encode(req.guided_choice).decode(), "guided_choice"))
+    if req.guided_grammar is not None:
+        found.append(OutputConstraint("gbnf", req.guided_grammar, "guided_grammar"))
+    so = req.structured_outputs
+    if so is not None:
+        given = [name for name in ("json", "regex", "choice", "grammar", "json_object") if getattr(so, name) not in (None, False)]
+        if len(given) != 1:
+            raise bad_request(f"structured_outputs takes exactly one of json, regex, choice, grammar, json_object; got {given or 'none'}", param="structured_outputs")
+        if so.json is not None:
+            found.append(OutputConstraint("json_schema", _json_text(so.json, "structured_outputs.json"), "structured_outputs.json"))
+        elif so.regex is not None:
+            found.append(OutputConstraint("regex", so.regex, "structured_outputs.regex"))
+        elif so.choice is not None:
+            found.append(OutputConstraint("choice", msgspec.json.encode(so.choice).decode(), "structured_outputs.choice"))
+        elif so.grammar is not None:
+            found.append(OutputConstraint("gbnf", so.grammar, "structured_outputs.grammar"))
+        else:
+            found.append(OutputConstraint("json_object", "", "structured_outputs.json_object"))
+    if len(found) > 1:
+        raise bad_request(f"give one structured-output constraint, not several ({', '.join(c.param for c in found)})", param=found[1].param)
+    return found[0] if found else None
+
+
+def tool_settings(req: s.ChatCompletionRequest) -> tuple[tuple[ToolSpec, ...], str]:
+    """The request's tools and its tool choice ("none", "auto", "required" or a function's name)."""
+    if req.functions is not None or req.function_call is not None:
+        raise unsupported("the deprecated functions / function_call (send tools and tool_choice)", "functions" if req.functions is not None else "function_call")
+    tools = req.tools or []
+    names = [t.function.name for t in tools]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise bad_request(f"tools has two functions named {duplicate!r}", param="tools")
+    choice = req.tool_choice
+    if choice is not None and not tools and choice != "none":
+        raise bad_request("tool_choice is only allowed when tools are given", param="tool_choice")
+    if isinstance(choice, s.NamedToolChoice):
+        if choice.function.name not in names:
+            raise bad_request(f"tool_choice names function {choice.function.name!r}, which is not among tools ({', '.join(names)})", param="tool_choice")
+        choice_name = choice.function.name
+    else:
+        choice_name = choice or ("auto" if tools else "none")
+    specs = tuple(
+        ToolSpec(t.function.name, t.function.description or "", t.function.parameters or {"type": "object", "properties": {}}, bool(t.function.strict))
+        for t in tools
+    )
+    return specs, choice_name
 
 
 def chat_plan(req: s.ChatCompletionRequest, meta: RequestMeta) -> GenerationPlan:
     _refuse_common(req)
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
-    if req.tools or req.functions:
-        raise unsupported("tool calling (tools, functions)", "tools" if req.tools else "functions")
-    if req.tool_choice not in (None, "none"):
-        raise unsupported("tool_choice", "tool_choice")
-    if req.response_format is not None and req.response_format.type != "text":
-        raise unsupported(f"response_format {req.response_format.type!r}", "response_format")
+    tools, tool_choice = tool_settings(req)
+    constraint = output_constraint(req)
     messages = _chat_messages(req.messages)
     max_tokens = req.max_completion_tokens or req.max_tokens or CHAT_DEFAULT_MAX_TOKENS
     n = req.n or 1
     params = sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
     metas = metas_for(meta, n)
+    parallel = True if req.parallel_tool_calls is None else req.parallel_tool_calls
     return GenerationPlan(
         kind="chat", model=req.model,
-        requests=[GenerationRequest(request_id=m.request_id, sampling=params, messages=messages) for m in metas],
+        requests=[
+            GenerationRequest(
+                request_id=m.request_id, sampling=params, messages=messages, constraint=constraint,
+                tools=tools if tool_choice != "none" else (), tool_choice=tool_choice, parallel_tool_calls=parallel,
+            )
+            for m in metas
+        ],
         metas=metas, prompt_of=[0] * n, stream=bool(req.stream),
         include_usage=bool(req.stream_options and req.stream_options.include_usage), param_hint="messages",
     )
