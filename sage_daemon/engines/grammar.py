@@ -116,6 +116,24 @@ def _check_json_schema(constraint: OutputConstraint, schema: object) -> None:
         raise _bad(constraint, f"not a valid JSON Schema{' at ' + where if where else ''}: {exc.message}") from None
 
 
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})  # their values are JSON data, not schemas
+
+
+def _closed_objects(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` on every object that lists its properties and
+    says nothing about others. JSON Schema allows any extra key by default, and a small model
+    given that freedom invents keys until max_tokens; OpenAI's strict mode and vLLM's default
+    (xgrammar's strict mode) allow none either."""
+    if isinstance(schema, list):
+        return [_closed_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: value if key in _DATA_KEYWORDS else _closed_objects(value) for key, value in schema.items()}
+    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
 def _lark_string(text: str) -> str:
     # A JSON string literal is a Lark string literal (the same escapes).
     return json.dumps(text, ensure_ascii=False)
@@ -136,7 +154,7 @@ def _to_llguidance(constraint: OutputConstraint) -> str:
                 raise _bad(constraint, f"the schema is not JSON: {exc}") from None
         _check_json_schema(constraint, schema)
         try:
-            return str(LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS))  # type: ignore[arg-type]
+            return str(LLMatcher.grammar_from_json_schema(_closed_objects(schema), defaults=_JSON_OPTIONS))
         except ValueError as exc:
             raise _bad(constraint, str(exc)) from None
     if kind == "regex":

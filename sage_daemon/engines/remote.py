@@ -36,6 +36,7 @@ from sage_daemon.engines.base import (
     GenerationRequest,
     SamplingParams,
     TokenLogprob,
+    ToolCallDelta,
     TopLogprob,
 )
 
@@ -72,7 +73,7 @@ class RemoteServerError(EngineError):
         self.remote_param = param
 
 
-_FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "eos": "stop", "abort": "cancelled"}
+_FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "eos": "stop", "abort": "cancelled", "tool_calls": "tool_calls", "function_call": "tool_calls"}
 
 
 def _token_logprobs(value: Any, top_logprobs: int) -> tuple[TokenLogprob, ...]:
@@ -103,6 +104,62 @@ def _token_logprobs(value: Any, top_logprobs: int) -> tuple[TokenLogprob, ...]:
             tuple(TopLogprob(str(t), tuple(str(t).encode()), float(v)) for t, v in sorted(top.items(), key=lambda item: -item[1])[:top_logprobs]),
         ))
     return tuple(out)
+
+
+def _tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
+    if not isinstance(value, list):
+        return ()
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            continue
+        function = entry.get("function") or {}
+        index = entry.get("index")
+        out.append(ToolCallDelta(
+            index=index if isinstance(index, int) else i,
+            id=entry.get("id") or None,
+            name=function.get("name") or None,
+            arguments=function.get("arguments") or "",
+        ))
+    return tuple(out)
+
+
+def chat_body(request: GenerationRequest) -> dict[str, Any]:
+    """The chat fields of a request as an OpenAI-compatible server takes them: the messages with
+    their tool calls, the tools and tool choice, and the output constraint (response_format for
+    JSON, vLLM's structured_outputs for a regex, a choice or a grammar)."""
+    messages: list[dict[str, Any]] = []
+    for m in request.messages or ():
+        message: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            message["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls]
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
+        if m.name is not None and m.role == "tool":
+            message["name"] = m.name
+        messages.append(message)
+    body: dict[str, Any] = {"messages": messages}
+    if request.tools:
+        body["tools"] = [
+            {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters, **({"strict": True} if t.strict else {})}}
+            for t in request.tools
+        ]
+        choice = request.tool_choice
+        body["tool_choice"] = choice if choice in ("none", "auto", "required") else {"type": "function", "function": {"name": choice}}
+        body["parallel_tool_calls"] = request.parallel_tool_calls
+    constraint = request.constraint
+    if constraint is not None:
+        if constraint.kind == "json_schema":
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": constraint.name, "schema": json.loads(constraint.value), "strict": True}}
+        elif constraint.kind == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        elif constraint.kind == "regex":
+            body["structured_outputs"] = {"regex": constraint.value}
+        elif constraint.kind == "choice":
+            body["structured_outputs"] = {"choice": json.loads(constraint.value)}
+        else:  # gbnf, lark: vLLM's grammar field takes both (its backend tells them apart)
+            body["structured_outputs"] = {"grammar": constraint.value}
+    return body
 
 
 class OpenAIStreamAssembler:
@@ -139,8 +196,12 @@ class OpenAIStreamAssembler:
             if text is None:
                 text = (choice.get("delta") or {}).get("content") or ""
             logprobs = _token_logprobs(choice.get("logprobs"), self.top_logprobs)
-            if text or logprobs:
-                out.append(GenerationChunk(text=text, logprobs=logprobs))
+            delta = choice.get("delta") or {}
+            # vLLM and llama-server say reasoning_content; newer vLLM says reasoning.
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+            calls = _tool_call_deltas(delta.get("tool_calls"))
+            if text or logprobs or reasoning or calls:
+                out.append(GenerationChunk(text=text, logprobs=logprobs, reasoning=reasoning, tool_calls=calls))
             reason = choice.get("finish_reason")
             if reason:
                 self.finish_reason = _FINISH_REASONS.get(reason, "stop")
@@ -376,7 +437,7 @@ class RemoteOpenAIEngine:
         logprobs = request.sampling.logprobs
         if request.messages is not None:
             path = "/chat/completions"
-            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            body.update(chat_body(request))
             if logprobs is not None:
                 body.update(logprobs=True, top_logprobs=logprobs)
         else:
