@@ -40,14 +40,19 @@ def clamp(body: Any) -> None:
             body[key] = max(1, min(body[key], limit))
 
 
-REFUSED_BY_NAME = ("tools", "functions", "tool_choice", "response_format", "echo", "suffix", "best_of")  # 400s that say so
+# Fields whose random values are 400s with tests of their own (refused by name, or a random
+# schema/grammar/tool list the engine refuses): steered bodies are meant to reach generation.
+REFUSED_BY_NAME = (
+    "tools", "functions", "function_call", "tool_choice", "response_format", "echo", "suffix", "best_of", "grammar", "json_schema",
+    "structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+)
 
 
 def steer(body: Any, model: str) -> None:
     if not isinstance(body, dict):
         return
     body["model"] = model
-    for key in REFUSED_BY_NAME:  # steered bodies are meant to reach generation: the refusals have tests of their own
+    for key in REFUSED_BY_NAME:
         body.pop(key, None)
     if body.get("stream_options") is not None:  # only allowed with stream: true
         body["stream"] = True

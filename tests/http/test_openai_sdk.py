@@ -57,7 +57,7 @@ async def test_async_client_errors_raise_the_matching_sdk_exceptions(fake: FakeD
         with pytest.raises(openai.BadRequestError):
             await client.chat.completions.create(model="base", messages=USER)  # no chat template
         with pytest.raises(openai.BadRequestError):
-            await client.chat.completions.create(model="chatty", messages=USER, response_format={"type": "json_object"})
+            await client.chat.completions.create(model="chatty", messages=USER, tool_choice="required")  # no tools
         with pytest.raises(openai.BadRequestError):
             await client.embeddings.create(model="emb", input="x", dimensions=2)
         with pytest.raises(openai.NotFoundError):
