@@ -84,6 +84,8 @@ setup(
             "pytest>=8",
             "pytest-trio>=0.8",
             "openai>=1.40",
+            "langchain-openai>=0.3",
+            "jsonschema>=4.20",
             "hypothesis>=6",
             "mypy>=1.10",
             "langchain-text-splitters>=0.3",

@@ -26,12 +26,14 @@ from .base import InvalidRequestError, OutputConstraint
 
 if TYPE_CHECKING:
     import llguidance
+    from llguidance._lib import JsonCompileOptions
 
-__all__ = ["CompiledGrammar", "GrammarCompiler", "TokenMatcher"]
+__all__ = ["JSON_LAYOUT", "CompiledGrammar", "GrammarCompiler", "TokenMatcher", "closed_objects"]
 
-# How the JSON is laid out: the separators models write by themselves, and no free whitespace
-# (with it, a small model can loop on newlines until max_tokens).
-_JSON_OPTIONS: dict[str, Any] = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
+# How constrained JSON is laid out: the separators models write by themselves, and no free
+# whitespace (with it, a small model can loop on newlines until max_tokens).
+JSON_LAYOUT: JsonCompileOptions = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
+
 _ANY_JSON_OBJECT = {"type": "object"}
 
 
@@ -119,16 +121,16 @@ def _check_json_schema(constraint: OutputConstraint, schema: object) -> None:
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})  # their values are JSON data, not schemas
 
 
-def _closed_objects(schema: Any) -> Any:
+def closed_objects(schema: Any) -> Any:
     """The schema with `additionalProperties: false` on every object that lists its properties and
     says nothing about others. JSON Schema allows any extra key by default, and a small model
     given that freedom invents keys until max_tokens; OpenAI's strict mode and vLLM's default
     (xgrammar's strict mode) allow none either."""
     if isinstance(schema, list):
-        return [_closed_objects(item) for item in schema]
+        return [closed_objects(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {key: value if key in _DATA_KEYWORDS else _closed_objects(value) for key, value in schema.items()}
+    out = {key: value if key in _DATA_KEYWORDS else closed_objects(value) for key, value in schema.items()}
     if isinstance(out.get("properties"), dict) and "additionalProperties" not in out and "patternProperties" not in out:
         out["additionalProperties"] = False
     return out
@@ -154,7 +156,7 @@ def _to_llguidance(constraint: OutputConstraint) -> str:
                 raise _bad(constraint, f"the schema is not JSON: {exc}") from None
         _check_json_schema(constraint, schema)
         try:
-            return str(LLMatcher.grammar_from_json_schema(_closed_objects(schema), defaults=_JSON_OPTIONS))
+            return str(LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=JSON_LAYOUT))
         except ValueError as exc:
             raise _bad(constraint, str(exc)) from None
     if kind == "regex":

@@ -219,6 +219,10 @@ def _compute_masks(matchers: list[TokenMatcher]) -> None:
         matcher.compute_mask()
 
 
+# Special tokens that the output parser reads (tool_formats): rendered as text in the output.
+_MARKER_TEXTS = frozenset({"<tool_call>", "</tool_call>", "[TOOL_CALLS]", "[ARGS]", "<|python_tag|>", "<think>", "</think>"})
+
+
 class _Model:
     """The llama.cpp objects of a loaded engine (touched only under the engine's lifecycle)."""
 
@@ -283,11 +287,19 @@ class _Model:
             self.weights_bytes = int(llama_cpp.llama_model_size(self.model))
             template = llama_cpp.llama_model_chat_template(self.model, None)
             self.gguf_chat_template = template.decode("utf-8") if template else None
-            # Control tokens by text (tool-call grammars write <|python_tag|> or [TOOL_CALLS] as the token).
-            self.special_token_ids = {
-                self.token_text(t): t for t in range(self.n_vocab) if llama_cpp.llama_token_get_attr(self.vocab, t) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
-            }
+            # Special tokens by text, by llguidance's rule (control tokens, and user-defined ones that
+            # look like "<...>"): a tool-call grammar must name <tool_call> or [TOOL_CALLS] as the
+            # token the model emits, not as text.
+            self.special_token_ids = {}
+            for t in range(self.n_vocab):
+                attr = llama_cpp.llama_token_get_attr(self.vocab, t)
+                text = self.token_text(t)
+                if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL or (attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED and text.startswith("<") and text.endswith(">")):
+                    self.special_token_ids[text] = t
             self.special_tokens = frozenset(self.special_token_ids)
+            # The special tokens that mark tool calls and reasoning render as their text (others as
+            # nothing): the output parser reads them.
+            self.marker_tokens = {t: text.encode() for text, t in self.special_token_ids.items() if text in _MARKER_TEXTS}
             self.grammars: GrammarCompiler | None = None
             self._pieces: dict[int, bytes] = {}
         except BaseException:
@@ -310,6 +322,10 @@ class _Model:
         cached = self._pieces.get(token)
         if cached is not None:
             return cached
+        marker = self.marker_tokens.get(token)
+        if marker is not None:
+            self._pieces[token] = marker
+            return marker
         # A buffer per miss (not a shared one): detokenize() runs on other threads than the loop.
         buf = ctypes.create_string_buffer(64)
         n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
@@ -542,11 +558,13 @@ class LlamaCppEngine:
 
     def tool_format(self) -> ToolFormat:
         """How this model writes tool calls: the configured format, else the chat template's family."""
-        from .tool_formats import detect_format
+        from .tool_formats import detect_format, template_knows_tools
 
         if self.spec.tool_format:
             return self.spec.tool_format  # type: ignore[return-value]  # checked by the config's Literal
-        return detect_format(self._template_text())
+        template = self._template_text()
+        # A template that renders no tools gets the generic prompt, so the generic output shape.
+        return detect_format(template) if template_knows_tools(template) else "generic"
 
     def _reasoning_markers(self) -> tuple[str, str] | None:
         mode = self.spec.reasoning
@@ -624,17 +642,23 @@ class LlamaCppEngine:
         tools = request.tools if request.tool_choice != "none" else ()
         if tools and request.messages is None:
             raise InvalidRequestError("tools need a chat request (messages)", param="tools")
-        constraint = self._output_constraint(request, tools)
+        tokens = self._prompt_tokens(model, request)
+        constraint = self._output_constraint(request, tools, self._starts_in_reasoning(tokens))
         if constraint is not None:
             self._grammar_compiler(model).compile(constraint)  # a 400 now, and cached for generate()
-        tokens = self._prompt_tokens(model, request)
         if len(tokens) + sampling.max_tokens > self.n_ctx:
             raise ContextOverflowError(len(tokens), sampling.max_tokens, self.n_ctx, param="messages" if request.messages is not None else "prompt")
         return msgspec.structs.replace(
             request, sampling=sampling, prompt=None, messages=None, prompt_tokens=tuple(tokens.tolist()), constraint=constraint, tools=tools
         )
 
-    def _output_constraint(self, request: GenerationRequest, tools: tuple[ToolSpec, ...]) -> OutputConstraint | None:
+    def _starts_in_reasoning(self, prompt_tokens: Any) -> bool:
+        """Whether the prompt ends inside a reasoning block the template opened (the output then
+        starts with reasoning)."""
+        markers = self._reasoning_markers()
+        return markers is not None and self.detokenize(list(prompt_tokens[-4:])).rstrip().endswith(markers[0])
+
+    def _output_constraint(self, request: GenerationRequest, tools: tuple[ToolSpec, ...], starts_in_reasoning: bool = False) -> OutputConstraint | None:
         """What the output must match: a forced tool call (tool_choice required or a named
         function), the request's own constraint (response_format, grammar...), or with tool_choice
         auto a grammar that leaves text free and makes any call valid."""
@@ -646,7 +670,8 @@ class LlamaCppEngine:
 
         model = self._require_model()
         return call_constraint(
-            self.tool_format(), tools, request.tool_choice, request.parallel_tool_calls, model.special_tokens, model.special_token_ids
+            self.tool_format(), tools, request.tool_choice, request.parallel_tool_calls, model.special_tokens, model.special_token_ids,
+            reasoning=self._reasoning_markers(), starts_in_reasoning=starts_in_reasoning,
         )
 
     def _grammar_compiler(self, model: _Model) -> GrammarCompiler:
@@ -709,9 +734,7 @@ class LlamaCppEngine:
         from .tool_formats import ToolCallParser
 
         assert request.prompt_tokens is not None
-        # A template that opens the reasoning block in the prompt: the output starts inside it.
-        tail = self.detokenize(request.prompt_tokens[-4:]).rstrip() if markers is not None else ""
-        return ToolCallParser(self.tool_format(), bool(request.tools), markers, starts_in_reasoning=markers is not None and tail.endswith(markers[0]))
+        return ToolCallParser(self.tool_format(), bool(request.tools), markers, starts_in_reasoning=self._starts_in_reasoning(request.prompt_tokens))
 
     def _post(self, command: _Command, quiet: bool = False) -> None:
         with self._cond:
