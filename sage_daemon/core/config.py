@@ -100,6 +100,10 @@ class ModelConfig(_Section, frozen=True):
     threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
     keep_alive_s: float = 300.0
     chat_format: str = ""
+    # How the model writes tool calls (llama.cpp engine); "": from its chat template (docs/ARCHITECTURE.md).
+    tool_format: Literal["", "hermes", "llama3", "mistral", "generic"] = ""
+    # Text inside <think>...</think> goes to reasoning_content: "auto" when the template knows the markers.
+    reasoning: Literal["auto", "think", "off"] = "auto"
     remote_model: str = ""
     remote_api_key_env: str = ""
     required: bool = False

@@ -44,6 +44,8 @@ def make_factory(
                 parallel=model.parallel,
                 threads=threads,
                 chat_format=model.chat_format or None,
+                tool_format=model.tool_format or None,
+                reasoning=model.reasoning,
             )
             return LlamaCppEngine(spec, gate=llm_gate)
         if placement.backend == "sentence-transformers":

@@ -292,7 +292,7 @@ class _Model:
             # token the model emits, not as text.
             self.special_token_ids = {}
             for t in range(self.n_vocab):
-                attr = llama_cpp.llama_token_get_attr(self.vocab, t)
+                attr = llama_cpp.llama_vocab_get_attr(self.vocab, t)
                 text = self.token_text(t)
                 if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL or (attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED and text.startswith("<") and text.endswith(">")):
                     self.special_token_ids[text] = t
