@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import llguidance
     from llguidance._lib import JsonCompileOptions
 
-__all__ = ["JSON_LAYOUT", "CompiledGrammar", "GrammarCompiler", "TokenMatcher", "closed_objects"]
+__all__ = ["JSON_LAYOUT", "CompiledGrammar", "GrammarCompiler", "TokenMatcher", "check_json_schema", "closed_objects"]
 
 # How constrained JSON is laid out: the separators models write by themselves, and no free
 # whitespace (with it, a small model can loop on newlines until max_tokens).
@@ -105,17 +105,18 @@ def _bad(constraint: OutputConstraint, detail: str) -> InvalidRequestError:
     return InvalidRequestError(f"{constraint.param}: {detail}", param=constraint.param)
 
 
-def _check_json_schema(constraint: OutputConstraint, schema: object) -> None:
-    """Refuse what is not JSON Schema with the validator's own words (llguidance would say less)."""
+def check_json_schema(schema: object, param: str) -> None:
+    """Refuse what is not JSON Schema with the validator's own words (llguidance would say less):
+    an InvalidRequestError naming `param`. Also the door's check of tool parameter schemas."""
     if not isinstance(schema, dict):
-        raise _bad(constraint, f"the schema must be a JSON object, not {type(schema).__name__}")
+        raise InvalidRequestError(f"{param}: the schema must be a JSON object, not {type(schema).__name__}", param=param)
     import jsonschema
 
     try:
         jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
-        raise _bad(constraint, f"not a valid JSON Schema{' at ' + where if where else ''}: {exc.message}") from None
+        raise InvalidRequestError(f"{param}: not a valid JSON Schema{' at ' + where if where else ''}: {exc.message}", param=param) from None
 
 
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})  # their values are JSON data, not schemas
@@ -154,7 +155,7 @@ def _to_llguidance(constraint: OutputConstraint) -> str:
                 schema = json.loads(value)
             except ValueError as exc:
                 raise _bad(constraint, f"the schema is not JSON: {exc}") from None
-        _check_json_schema(constraint, schema)
+        check_json_schema(schema, constraint.param)
         try:
             return str(LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=JSON_LAYOUT))
         except ValueError as exc:

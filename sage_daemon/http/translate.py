@@ -15,6 +15,7 @@ import msgspec
 
 from sage_daemon.control.api import InvalidRequestError, ModelInfo, Priority, RequestKind, RequestMeta
 from sage_daemon.engines.base import ChatMessage, GenerationRequest, OutputConstraint, SamplingParams, ToolCall, ToolSpec
+from sage_daemon.engines.grammar import check_json_schema
 from sage_daemon.http import schemas as s
 from sage_daemon.http.errors import bad_request, unsupported
 
@@ -170,6 +171,17 @@ def _json_text(value: dict[str, Any] | str, param: str) -> str:
     return msgspec.json.encode(value).decode()
 
 
+_VLLM_KINDS = ("json", "regex", "choice", "grammar")  # vLLM's guided_<kind> and structured_outputs.<kind>
+
+
+def _vllm_constraint(kind: str, value: Any, param: str) -> OutputConstraint:
+    if kind == "json":
+        return OutputConstraint("json_schema", _json_text(value, param), param)
+    if kind == "choice":
+        return OutputConstraint("choice", msgspec.json.encode(value).decode(), param)
+    return OutputConstraint("regex" if kind == "regex" else "gbnf", value, param)
+
+
 def output_constraint(req: s.ChatCompletionRequest) -> OutputConstraint | None:
     """The one structured-output request among OpenAI's response_format and the extensions
     llama-server (grammar, json_schema) and vLLM (structured_outputs, guided_*) take."""
@@ -188,29 +200,19 @@ def output_constraint(req: s.ChatCompletionRequest) -> OutputConstraint | None:
         found.append(OutputConstraint("gbnf", req.grammar, "grammar"))
     if req.json_schema is not None:
         found.append(OutputConstraint("json_schema", _json_text(req.json_schema, "json_schema"), "json_schema"))
-    if req.guided_json is not None:
-        found.append(OutputConstraint("json_schema", _json_text(req.guided_json, "guided_json"), "guided_json"))
-    if req.guided_regex is not None:
-        found.append(OutputConstraint("regex", req.guided_regex, "guided_regex"))
-    if req.guided_choice is not None:
-        found.append(OutputConstraint("choice", msgspec.json.encode(req.guided_choice).decode(), "guided_choice"))
-    if req.guided_grammar is not None:
-        found.append(OutputConstraint("gbnf", req.guided_grammar, "guided_grammar"))
+    for kind in _VLLM_KINDS:
+        value = getattr(req, f"guided_{kind}")
+        if value is not None:
+            found.append(_vllm_constraint(kind, value, f"guided_{kind}"))
     so = req.structured_outputs
     if so is not None:
-        given = [name for name in ("json", "regex", "choice", "grammar", "json_object") if getattr(so, name) not in (None, False)]
+        given = [name for name in (*_VLLM_KINDS, "json_object") if getattr(so, name) not in (None, False)]
         if len(given) != 1:
             raise bad_request(f"structured_outputs takes exactly one of json, regex, choice, grammar, json_object; got {given or 'none'}", param="structured_outputs")
-        if so.json is not None:
-            found.append(OutputConstraint("json_schema", _json_text(so.json, "structured_outputs.json"), "structured_outputs.json"))
-        elif so.regex is not None:
-            found.append(OutputConstraint("regex", so.regex, "structured_outputs.regex"))
-        elif so.choice is not None:
-            found.append(OutputConstraint("choice", msgspec.json.encode(so.choice).decode(), "structured_outputs.choice"))
-        elif so.grammar is not None:
-            found.append(OutputConstraint("gbnf", so.grammar, "structured_outputs.grammar"))
-        else:
+        if given[0] == "json_object":
             found.append(OutputConstraint("json_object", "", "structured_outputs.json_object"))
+        else:
+            found.append(_vllm_constraint(given[0], getattr(so, given[0]), f"structured_outputs.{given[0]}"))
     if len(found) > 1:
         raise bad_request(f"give one structured-output constraint, not several ({', '.join(c.param for c in found)})", param=found[1].param)
     return found[0] if found else None
@@ -234,11 +236,15 @@ def tool_settings(req: s.ChatCompletionRequest) -> tuple[tuple[ToolSpec, ...], s
         choice_name = choice.function.name
     else:
         choice_name = choice or ("auto" if tools else "none")
+    for i, t in enumerate(tools):
+        if t.function.parameters:
+            check_json_schema(t.function.parameters, f"tools[{i}].function.parameters")
     specs = tuple(
         ToolSpec(t.function.name, t.function.description or "", t.function.parameters or {"type": "object", "properties": {}}, bool(t.function.strict))
         for t in tools
     )
     return specs, choice_name
+
 
 
 def chat_plan(req: s.ChatCompletionRequest, meta: RequestMeta) -> GenerationPlan:
