@@ -57,6 +57,14 @@ def steer(body: Any, model: str) -> None:
     if body.get("stream_options") is not None:  # only allowed with stream: true
         body["stream"] = True
     for message in body.get("messages") or []:  # text parts only (other part types are refused by name)
+        if isinstance(message, dict):
+            # Tool turns have rules of their own (tool_call_id, null content only beside tool_calls), tested apart.
+            message.pop("tool_calls", None)
+            message.pop("tool_call_id", None)
+            if message.get("role") == "tool":
+                message["role"] = "user"
+            if message.get("content") is None:
+                message["content"] = ""
         if isinstance(message, dict) and isinstance(message.get("content"), list):
             message["content"] = [{"type": "text", "text": str(part.get("text", "")) if isinstance(part, dict) else ""} for part in message["content"]]
     for key, limit in GENERATION_LIMITS.items():

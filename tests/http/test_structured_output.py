@@ -76,8 +76,9 @@ SCHEMAS: list[dict[str, Any]] = [
 
 
 def _bounded(schema: Any) -> Any:
-    """The schema with every free string at most 24 characters: a 135M-parameter model left free
-    inside a string can fill it until max_tokens (the grammar keeps it valid, not short)."""
+    """The schema with every free string at most 24 characters and every free integer at most
+    1000: a 135M-parameter model left free inside a string or a number can fill it until
+    max_tokens (the grammar keeps it valid, not short)."""
     if isinstance(schema, list):
         return [_bounded(s) for s in schema]
     if not isinstance(schema, dict):
@@ -85,6 +86,8 @@ def _bounded(schema: Any) -> Any:
     out = {k: _bounded(v) for k, v in schema.items()}
     if out.get("type") == "string" and not {"maxLength", "pattern", "format", "enum", "const"} & out.keys():
         out["maxLength"] = 24
+    if out.get("type") == "integer" and not {"maximum", "enum", "const"} & out.keys():
+        out["maximum"] = 1000  # digits too: "1000000011111..." until max_tokens is a valid integer
     return out
 
 
