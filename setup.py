@@ -85,6 +85,7 @@ setup(
             "pytest-trio>=0.8",
             "openai>=1.40",
             "langchain-openai>=0.3",
+            "anthropic>=0.40",
             "jsonschema>=4.20",
             "hypothesis>=6",
             "mypy>=1.10",

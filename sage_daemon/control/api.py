@@ -145,6 +145,10 @@ class ControlPlaneAPI(Protocol):
         """Batched with other embedding requests to the same model by the policy. `dimensions`:
         vectors cut to that size (InvalidRequestError unless the model supports it)."""
 
+    async def count_prompt_tokens(self, model: str, request: GenerationRequest, meta: RequestMeta) -> int:
+        """The prompt tokens `request` would take (its chat template and tools rendered), without
+        queueing it. InvalidRequestError for a model that counts no tokens here (a remote one)."""
+
     def health(self) -> HealthReport: ...
 
     def queue(self) -> list[QueueEntry]: ...

@@ -304,6 +304,14 @@ class ControlPlane:
             raise
         return GenerationStream(self, ticket, engine, stack)
 
+    async def count_prompt_tokens(self, model: str, request: GenerationRequest, meta: RequestMeta) -> int:
+        self._require_kind(model, "llm")
+        async with self.pool.use(model, meta.keep_alive_s) as used:
+            prepared = await trio.to_thread.run_sync(cast(LLMEngine, used).prepare, request)
+        if prepared.prompt_tokens is None:
+            raise InvalidRequestError(f"model {model!r} is served by a remote server: its tokens are not counted here", param="model")
+        return len(prepared.prompt_tokens)
+
     async def embed(self, model: str, inputs: list[str] | list[list[int]], meta: RequestMeta, dimensions: int | None = None) -> EmbeddingResult:
         """Embed texts (or token-id lists), batched with other requests to the same model."""
         self._require_kind(model, "embedding")

@@ -51,6 +51,12 @@ class HttpConfig(_Section, frozen=True):
     backlog: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 2048
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
     keep_alive_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    # Model names a client may ask for instead of a configured model (fnmatch patterns allowed),
+    # e.g. {"claude-*" = "smollm2"} for Anthropic clients: /v1/messages and /v1/responses.
+    model_aliases: dict[str, str] = {}
+    # /v1/responses with store: true keeps the response (state dir, SQLite) this long, at most this many.
+    responses_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 30 * 86400.0
+    responses_max_rows: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10000
 
 
 class RpcConfig(_Section, frozen=True):

@@ -18,16 +18,18 @@ from typing import Any, cast
 
 import msgspec
 import numpy as np
-from quart import Response, g, request
+from quart import Response, g, has_request_context, request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
 from sage_client._version import __version__
+from sage_daemon.http import doors
 from sage_daemon.http import schemas as s
+from sage_daemon.http.anthropic import error_body as anthropic_error_body
 from sage_daemon.http.auth import KeyRing
 from sage_daemon.http.errors import ApiError, bad_request, from_decode, from_exception, from_validation, shutting_down
-from sage_daemon.http.generation import Generation, SSEBody, internal_error, respond
+from sage_daemon.http.generation import Generation, Renderer, SSEBody, internal_error, respond
 from sage_daemon.http.openapi import openapi_document
 from sage_daemon.http.translate import chat_plan, completion_plan, embedding_inputs, model_out, request_meta, whole_floats_as_ints
 from sage_daemon.services import Services
@@ -36,7 +38,7 @@ logger = logging.getLogger("sage.http")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _JSON_TYPES = ("application/json",)
-_CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id, X-SAGE-Priority, X-SAGE-Deadline-Ms, OpenAI-Organization, OpenAI-Project"
+_CORS_ALLOW_HEADERS = "Authorization, x-api-key, anthropic-version, Content-Type, X-Request-Id, X-SAGE-Priority, X-SAGE-Deadline-Ms, OpenAI-Organization, OpenAI-Project"
 OPERATIONAL = ("/health", "/metrics", "/openapi.json", "/version")
 # Still answered during the drain: they say the daemon is draining instead of refusing.
 _DURING_DRAIN = ("/health", "/metrics")
@@ -48,6 +50,10 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
 
 
 def error_response(error: ApiError) -> Response:
+    """OpenAI's error shape; Anthropic's on /v1/messages (its clients read only theirs)."""
+    if has_request_context() and request.path.startswith(doors.MESSAGES_PREFIX):
+        body = msgspec.json.encode(anthropic_error_body(error.status, error.message))
+        return Response(body, status=error.status, content_type="application/json", headers=error.headers)
     return Response(error.encode(), status=error.status, content_type="application/json", headers=error.headers)
 
 
@@ -102,7 +108,8 @@ def create_app(services: Services) -> QuartTrio:
     keyring = KeyRing(services)
     _hooks(app, services, keyring)
     _error_handlers(app, services)
-    _generation_routes(app, services)
+    run = _generation_routes(app, services)
+    doors.register(app, services, run, decode)
     _other_routes(app, services, keyring)
     return app
 
@@ -121,7 +128,8 @@ def _hooks(app: QuartTrio, services: Services, keyring: KeyRing) -> None:
             return Response(b"", status=204)  # the CORS headers are added after the request
         path = request.path
         if path.startswith("/v1/") or path == "/v1" or (not http.public_health and path in OPERATIONAL):
-            keyring.check(request.headers.get("Authorization"))
+            key = doors.api_key_of(request.headers)
+            keyring.check(request.headers.get("Authorization") or (f"Bearer {key}" if key else None))
         if not services.lifecycle.accepting and path not in _DURING_DRAIN:
             # A request on a keep-alive connection opened before the drain: answered, not left hanging.
             raise shutting_down()
@@ -184,9 +192,11 @@ def _error_handlers(app: QuartTrio, services: Services) -> None:
         return error_response(internal_error(request_id))
 
 
-def _generation_routes(app: QuartTrio, services: Services) -> None:
-    async def run(plan: Any) -> Response:
-        generation = Generation(services.control, getattr(app, "nursery", None), services.lifecycle, plan, g.request_id)
+def _generation_routes(app: QuartTrio, services: Services) -> Any:
+    """Chat completions, completions, embeddings; returns `run(plan, renderer)` for the other doors."""
+
+    async def run(plan: Any, renderer: Renderer | None = None) -> Response:
+        generation = Generation(services.control, getattr(app, "nursery", None), services.lifecycle, plan, g.request_id, renderer)
         bodies: list[SSEBody] = cast(dict[str, Any], request.scope).setdefault(_BODIES, [])
         return await respond(generation, bodies)
 
@@ -225,6 +235,8 @@ def _generation_routes(app: QuartTrio, services: Services) -> None:
                 value = vector
             data.append(s.Embedding(index, value))
         return json_response(s.EmbeddingList(data, req.model, s.EmbeddingUsage(result.prompt_tokens, result.prompt_tokens)))
+
+    return run
 
 
 def _other_routes(app: QuartTrio, services: Services, keyring: KeyRing) -> None:

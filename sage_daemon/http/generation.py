@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import trio
@@ -51,10 +51,66 @@ def internal_error(request_id: str) -> ApiError:
     return ApiError(500, f"internal server error (request id {request_id}); the daemon's log has the details", code="internal_error")
 
 
+class ReplyCollector(Protocol):
+    def feed(self, index: int, chunk: GenerationChunk) -> None: ...
+
+
+class EventStream(Protocol):
+    def start(self) -> bytes: ...
+    def feed(self, index: int, chunk: GenerationChunk) -> bytes: ...
+    def end(self) -> bytes: ...
+    def error(self, api: ApiError) -> bytes: ...
+
+
+class Renderer(Protocol):
+    """How an API shapes the chunks of a generation: a plain reply, or an event stream; and what
+    it does once either is complete (the Responses API stores it). Chat and completions use
+    `OpenAIRenderer`; /v1/responses and /v1/messages bring their own (http/doors.py)."""
+
+    def new_reply(self) -> ReplyCollector: ...
+    def reply(self, collector: Any) -> object: ...
+    def new_stream(self) -> EventStream: ...
+    async def finished(self, done: Any) -> None: ...
+
+
+class _ErrorBodyStream:
+    """An OpenAI stream whose error() takes the ApiError (ChatStream's takes its body)."""
+
+    def __init__(self, stream: ChatStream | CompletionStream):
+        self._stream = stream
+        self.start, self.feed, self.end = stream.start, stream.feed, stream.end
+
+    def error(self, api: ApiError) -> bytes:
+        return self._stream.error(api.body())
+
+
+class OpenAIRenderer:
+    """Chat completions and completions (http/sse.py)."""
+
+    def __init__(self, generation: Generation):
+        plan = generation.plan
+        self._chat = plan.kind == "chat"
+        self._shape = {"id": generation.id, "model": plan.model, "created": generation.created, "n": len(plan.requests), "include_usage": plan.include_usage, "prompt_of": plan.prompt_of, "logprobs": plan.logprobs}
+
+    def new_reply(self) -> ChatReply | CompletionReply:
+        return (ChatReply if self._chat else CompletionReply)(**self._shape)
+
+    def reply(self, collector: ChatReply | CompletionReply) -> object:
+        return collector.reply()
+
+    def new_stream(self) -> EventStream:
+        return _ErrorBodyStream((ChatStream if self._chat else CompletionStream)(**self._shape))
+
+    async def finished(self, done: Any) -> None:
+        return None
+
+
 class Generation:
     """The generations of one `GenerationPlan`; see the module docstring for its lifetime."""
 
-    def __init__(self, control: ControlPlaneAPI, nursery: trio.Nursery | None, lifecycle: Lifecycle, plan: GenerationPlan, request_id: str):
+    def __init__(
+        self, control: ControlPlaneAPI, nursery: trio.Nursery | None, lifecycle: Lifecycle, plan: GenerationPlan, request_id: str, renderer: Renderer | None = None
+    ):
         self.control = control
         self.nursery = nursery
         self.lifecycle = lifecycle
@@ -65,6 +121,7 @@ class Generation:
         self._choices: Choices | None = None
         self._first: Item | None = None
         self._exit: AsyncExitStack | None = None
+        self.renderer: Renderer = renderer or OpenAIRenderer(self)
 
     # -- the context manager ---------------------------------------------------------------
 
@@ -124,22 +181,22 @@ class Generation:
 
     # -- replies -----------------------------------------------------------------------------
 
-    def _shape(self) -> dict[str, Any]:
-        plan = self.plan
-        return {"id": self.id, "model": plan.model, "created": self.created, "n": len(plan.requests), "include_usage": plan.include_usage, "prompt_of": plan.prompt_of, "logprobs": plan.logprobs}
-
-    async def reply(self) -> msgspec.Struct:
+    async def reply(self) -> object:
         """The whole reply of a request that did not ask to stream."""
-        collector = (ChatReply if self.plan.kind == "chat" else CompletionReply)(**self._shape())
+        collector = self.renderer.new_reply()
         while (item := await self._next_ok()) is not None:
             collector.feed(*item)
-        return collector.reply()
+        reply = self.renderer.reply(collector)
+        await self.renderer.finished(collector)
+        return reply
 
     async def events(self) -> AsyncGenerator[bytes, None]:
         """The SSE bytes of a streamed reply. An error after the first byte can no longer be a
         status: it is an error event, then [DONE]."""
-        stream = (ChatStream if self.plan.kind == "chat" else CompletionStream)(**self._shape())
-        yield stream.start()
+        stream = self.renderer.new_stream()
+        start = stream.start()
+        if start:
+            yield start
         try:
             while (item := await self._next_ok()) is not None:
                 out = stream.feed(*item)
@@ -147,13 +204,16 @@ class Generation:
                     yield out
         except ApiError as api:
             log(logger, logging.WARNING, "generation failed mid-stream", request_id=self.request_id, status=api.status, error=api.message)
-            yield stream.error(api.body())
+            yield stream.error(api)
             return
         except Exception as exc:
             logger.error("internal error mid-stream", exc_info=exc, extra={"fields": {"request_id": self.request_id}})
-            yield stream.error(internal_error(self.request_id).body())
+            yield stream.error(internal_error(self.request_id))
             return
-        yield stream.end()
+        tail = stream.end()
+        with trio.CancelScope(shield=True):  # stored (Responses) before the client sees the end
+            await self.renderer.finished(stream)
+        yield tail
 
 
 class SSEBody:

@@ -513,7 +513,7 @@ class ResponseDeleted(Struct):
     """The reply of `DELETE /v1/responses/{id}`."""
 
     id: str
-    object: Literal["response.deleted"] = "response.deleted"
+    object: Literal["response"] = "response"  # as OpenAI answers it
     deleted: bool = True
 
 

@@ -68,6 +68,10 @@ class FakeControlPlane:
     def tokenize(self, model: str, text: str) -> list[int]:
         return [len(w) for w in text.split()]
 
+    async def count_prompt_tokens(self, model: str, request: GenerationRequest, meta: RequestMeta) -> int:
+        self.get_model(model)
+        return sum(len((m.content or "").split()) for m in request.messages or ())
+
     def health(self) -> HealthReport:
         return HealthReport(ok=self.healthy, reasons=[] if self.healthy else ["model chatty: engine died"], models=list(MODELS))
 
@@ -80,7 +84,7 @@ class FakeControlPlane:
             raise InvalidRequestError(f"model {model!r} is an embedding model", param="model")
         if kind == "chat" and not info.chat_template:
             raise ChatTemplateMissingError(f"model {model!r} has no chat template: use /v1/completions")
-        text = request.prompt or " ".join(m.content for m in request.messages or ()) or " ".join(map(str, request.prompt_tokens or ()))
+        text = request.prompt or " ".join(m.content or "" for m in request.messages or ()) or " ".join(map(str, request.prompt_tokens or ()))
         if "QUEUE_FULL" in text:
             raise QueueFullError("the queue of model 'chatty' is full (2 waiting)", retry_after_s=2.2)
         if "OVERFLOW" in text:

@@ -573,4 +573,4 @@ def test_previous_response_chain() -> None:
 def test_ids_and_delete_reply() -> None:
     a, b = new_response_id(), new_response_id()
     assert a.startswith("resp_") and a != b
-    assert json.loads(msgspec.json.encode(ResponseDeleted(a))) == {"id": a, "object": "response.deleted", "deleted": True}
+    assert json.loads(msgspec.json.encode(ResponseDeleted(a))) == {"id": a, "object": "response", "deleted": True}
