@@ -588,134 +588,158 @@ class ToolCallParser:
             self._json = None
         return end
 
-    # -- the state machine: each step consumes what it can; True: go on --
+    # -- the state machine: one method per mode (_STEPS); each consumes what it can; True: go on --
 
     def _step(self, final: bool) -> bool:
-        mode, buf = self._mode, self._buf
-        if mode == "think_start":
-            assert self.reasoning is not None
-            opener, rest = self.reasoning[0], buf.lstrip()
-            if rest.startswith(opener):
-                self._buf, self._mode = rest[len(opener) :], "reasoning"
-                return True
-            if opener.startswith(rest) and not final:
-                return False
-            self._mode = "body_start"
+        """One step of the state machine in the current mode: each consumes what it can; True: go on."""
+        return _STEPS[self._mode](self, final)
+
+    def _step_think_start(self, final: bool) -> bool:
+        buf = self._buf
+        assert self.reasoning is not None
+        opener, rest = self.reasoning[0], buf.lstrip()
+        if rest.startswith(opener):
+            self._buf, self._mode = rest[len(opener) :], "reasoning"
             return True
-        if mode == "reasoning":
-            assert self.reasoning is not None
-            closer = self.reasoning[1]
-            i = buf.find(closer)
-            if i >= 0:
-                self._reasoning.append(buf[:i])
-                self._buf, self._mode, self._after_think = buf[i + len(closer) :], "body_start", True
-                return True
-            keep = 0 if final else _held(buf, (closer,))
-            self._reasoning.append(buf[: len(buf) - keep])
-            self._buf = buf[len(buf) - keep :]
+        if opener.startswith(rest) and not final:
             return False
-        if mode == "body_start":
-            if self._after_think:  # the blank line after </think> is not part of the answer
-                buf = self._buf = buf.lstrip()
-                if not buf and not final:
-                    return False
-                self._after_think = False
-            self._mode = _FIRST_MODE[self.fmt] if self.tools_enabled else "plain"
+        self._mode = "body_start"
+        return True
+
+    def _step_reasoning(self, final: bool) -> bool:
+        buf = self._buf
+        assert self.reasoning is not None
+        closer = self.reasoning[1]
+        i = buf.find(closer)
+        if i >= 0:
+            self._reasoning.append(buf[:i])
+            self._buf, self._mode, self._after_think = buf[i + len(closer) :], "body_start", True
             return True
-        if mode == "plain":
-            self._plain(buf)
+        keep = 0 if final else _held(buf, (closer,))
+        self._reasoning.append(buf[: len(buf) - keep])
+        self._buf = buf[len(buf) - keep :]
+        return False
+
+    def _step_body_start(self, final: bool) -> bool:
+        buf = self._buf
+        if self._after_think:  # the blank line after </think> is not part of the answer
+            buf = self._buf = buf.lstrip()
+            if not buf and not final:
+                return False
+            self._after_think = False
+        self._mode = _FIRST_MODE[self.fmt] if self.tools_enabled else "plain"
+        return True
+
+    def _step_plain(self, final: bool) -> bool:
+        buf = self._buf
+        self._plain(buf)
+        self._buf = ""
+        return False
+
+    def _step_tail(self, final: bool) -> bool:
+        buf = self._buf
+        self._text(buf)
+        self._buf = ""
+        return False
+
+    def _step_scan(self, final: bool) -> bool:
+        buf = self._buf
+        opener = HERMES_OPEN if self.fmt == "hermes" else MISTRAL_CALLS
+        i = buf.find(opener)
+        if i >= 0:
+            self._text(buf[:i])
+            self._raw, self._buf = opener, buf[i + len(opener) :]
+            self._mode = "hermes_call" if self.fmt == "hermes" else "mistral_call"
+            self._mistral_name = None
+            return True
+        keep = 0 if final else _held(buf, (opener,))
+        self._text(buf[: len(buf) - keep])
+        self._buf = buf[len(buf) - keep :]
+        return False
+
+    def _step_hermes_call(self, final: bool) -> bool:
+        buf = self._buf
+        i = buf.find(HERMES_CLOSE)
+        if i < 0 and not final:
+            return False
+        body, rest = (buf[:i], buf[i + len(HERMES_CLOSE) :]) if i >= 0 else (buf, "")
+        raw = self._raw + body + (HERMES_CLOSE if i >= 0 else "")
+        call = _as_call(_loads(body))
+        self._call_or_raw([call] if call else None, raw)
+        self._buf, self._mode = rest, "scan"
+        return True
+
+    def _step_llama_start_or_after(self, final: bool) -> bool:
+        buf = self._buf
+        mode = self._mode
+        rest = buf.lstrip() if mode == "llama_start" else buf.lstrip(" \t\r\n;")
+        if not rest:
+            if mode == "llama_start":
+                self._text(buf)
             self._buf = ""
             return False
-        if mode == "tail":
-            self._text(buf)
-            self._buf = ""
-            return False
-        if mode == "scan":
-            opener = HERMES_OPEN if self.fmt == "hermes" else MISTRAL_CALLS
-            i = buf.find(opener)
-            if i >= 0:
-                self._text(buf[:i])
-                self._raw, self._buf = opener, buf[i + len(opener) :]
-                self._mode = "hermes_call" if self.fmt == "hermes" else "mistral_call"
-                self._mistral_name = None
-                return True
-            keep = 0 if final else _held(buf, (opener,))
-            self._text(buf[: len(buf) - keep])
-            self._buf = buf[len(buf) - keep :]
-            return False
-        if mode == "hermes_call":
-            i = buf.find(HERMES_CLOSE)
-            if i < 0 and not final:
-                return False
-            body, rest = (buf[:i], buf[i + len(HERMES_CLOSE) :]) if i >= 0 else (buf, "")
-            raw = self._raw + body + (HERMES_CLOSE if i >= 0 else "")
-            call = _as_call(_loads(body))
-            self._call_or_raw([call] if call else None, raw)
-            self._buf, self._mode = rest, "scan"
+        if mode == "llama_after":  # separators between calls are dropped
+            self._buf, self._mode = rest, "llama_start"
             return True
-        if mode == "mistral_call":
-            return self._mistral_step(final)
-        if mode in ("llama_start", "llama_after"):
-            rest = buf.lstrip() if mode == "llama_start" else buf.lstrip(" \t\r\n;")
-            if not rest:
-                if mode == "llama_start":
-                    self._text(buf)
+        lead = buf[: len(buf) - len(rest)]
+        if rest.startswith(PYTHON_TAG):
+            self._text(lead)
+            self._raw, self._buf, self._mode = PYTHON_TAG, rest[len(PYTHON_TAG) :], "llama_json_start"
+            return True
+        if PYTHON_TAG.startswith(rest) and not final:
+            return False
+        if rest.startswith("{"):
+            self._text(lead)
+            self._raw, self._buf, self._mode = "", rest, "llama_json"
+            return True
+        self._mode = "plain"  # an answer in words: no call can follow
+        return True
+
+    def _step_llama_json_start(self, final: bool) -> bool:
+        buf = self._buf
+        rest = buf.lstrip()
+        if rest.startswith("{"):
+            self._raw += buf[: len(buf) - len(rest)]
+            self._buf, self._mode = rest, "llama_json"
+            return True
+        if rest or final:  # <|python_tag|> then no JSON (a built-in tool's code): words
+            self._text(self._raw)
+            self._raw, self._mode = "", "plain"
+            return True
+        return False
+
+    def _step_llama_json(self, final: bool) -> bool:
+        buf = self._buf
+        end = self._scan_json()
+        if end is None and not final:
+            return False
+        end = len(buf) if end is None else end
+        value = _loads(buf[:end])
+        call = _as_call(value) if isinstance(value, dict) else None
+        if call:
+            self._emit([call])
+            self._buf, self._mode = buf[end:], "llama_after"
+        else:
+            self._text(self._raw + buf[:end])
+            self._buf, self._mode = buf[end:], "plain"
+        self._raw = ""
+        return True
+
+    def _step_generic_start(self, final: bool) -> bool:
+        buf = self._buf
+        rest = buf.lstrip()
+        if not rest:
+            if final:
+                self._text(buf)
                 self._buf = ""
-                return False
-            if mode == "llama_after":  # separators between calls are dropped
-                self._buf, self._mode = rest, "llama_start"
-                return True
-            lead = buf[: len(buf) - len(rest)]
-            if rest.startswith(PYTHON_TAG):
-                self._text(lead)
-                self._raw, self._buf, self._mode = PYTHON_TAG, rest[len(PYTHON_TAG) :], "llama_json_start"
-                return True
-            if PYTHON_TAG.startswith(rest) and not final:
-                return False
-            if rest.startswith("{"):
-                self._text(lead)
-                self._raw, self._buf, self._mode = "", rest, "llama_json"
-                return True
-            self._mode = "plain"  # an answer in words: no call can follow
-            return True
-        if mode == "llama_json_start":
-            rest = buf.lstrip()
-            if rest.startswith("{"):
-                self._raw += buf[: len(buf) - len(rest)]
-                self._buf, self._mode = rest, "llama_json"
-                return True
-            if rest or final:  # <|python_tag|> then no JSON (a built-in tool's code): words
-                self._text(self._raw)
-                self._raw, self._mode = "", "plain"
-                return True
             return False
-        if mode == "llama_json":
-            end = self._scan_json()
-            if end is None and not final:
-                return False
-            end = len(buf) if end is None else end
-            value = _loads(buf[:end])
-            call = _as_call(value) if isinstance(value, dict) else None
-            if call:
-                self._emit([call])
-                self._buf, self._mode = buf[end:], "llama_after"
-            else:
-                self._text(self._raw + buf[:end])
-                self._buf, self._mode = buf[end:], "plain"
-            self._raw = ""
-            return True
-        if mode == "generic_start":
-            rest = buf.lstrip()
-            if not rest:
-                if final:
-                    self._text(buf)
-                    self._buf = ""
-                return False
-            self._text(buf[: len(buf) - len(rest)])
-            self._buf = rest
-            self._mode = "generic_json" if rest.startswith("{") else "plain"
-            return True
-        # generic_json
+        self._text(buf[: len(buf) - len(rest)])
+        self._buf = rest
+        self._mode = "generic_json" if rest.startswith("{") else "plain"
+        return True
+
+    def _step_generic_json(self, final: bool) -> bool:
+        buf = self._buf
         end = self._scan_json()
         if end is None and not final:
             return False
@@ -786,3 +810,22 @@ class ToolCallParser:
         self._call_or_raw(calls, self._raw + buf[:end])
         self._buf, self._mode, self._raw, self._mistral_name = buf[end:], "scan", "", None
         return True
+
+
+# The step of each mode (ToolCallParser._step).
+_STEPS = {
+    "think_start": ToolCallParser._step_think_start,
+    "reasoning": ToolCallParser._step_reasoning,
+    "body_start": ToolCallParser._step_body_start,
+    "plain": ToolCallParser._step_plain,
+    "tail": ToolCallParser._step_tail,
+    "scan": ToolCallParser._step_scan,
+    "hermes_call": ToolCallParser._step_hermes_call,
+    "mistral_call": ToolCallParser._mistral_step,
+    "llama_start": ToolCallParser._step_llama_start_or_after,
+    "llama_after": ToolCallParser._step_llama_start_or_after,
+    "llama_json_start": ToolCallParser._step_llama_json_start,
+    "llama_json": ToolCallParser._step_llama_json,
+    "generic_start": ToolCallParser._step_generic_start,
+    "generic_json": ToolCallParser._step_generic_json,
+}

@@ -84,9 +84,10 @@ def _bounded(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {k: _bounded(v) for k, v in schema.items()}
-    if out.get("type") == "string" and not {"maxLength", "pattern", "format", "enum", "const"} & out.keys():
+    types = out.get("type") if isinstance(out.get("type"), list) else [out.get("type")]
+    if "string" in types and not {"maxLength", "pattern", "format", "enum", "const"} & out.keys():
         out["maxLength"] = 24
-    if out.get("type") == "integer" and not {"maximum", "enum", "const"} & out.keys():
+    if "integer" in types and not {"maximum", "enum", "const"} & out.keys():
         out["maximum"] = 1000  # digits too: "1000000011111..." until max_tokens is a valid integer
     return out
 
