@@ -39,10 +39,16 @@ def test_responses_plain_streamed_and_stored(live: LiveDaemon) -> None:
         assert first.status in ("completed", "incomplete") and first.output_text and first.id.startswith("resp_")
         assert first.usage is not None and first.usage.input_tokens > 5 and 0 < first.usage.output_tokens <= 200
 
-        with client.responses.stream(model="smollm2", input="What is the capital of France?", instructions="Answer briefly.", max_output_tokens=200, temperature=0) as stream:
+        # A bounded format, so that the reply completes (the SDK's helper wants response.completed).
+        place = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"], "additionalProperties": False}
+        with client.responses.stream(
+            model="smollm2", input="What is the capital of France?", max_output_tokens=60, temperature=0,
+            text={"format": {"type": "json_schema", "name": "place", "schema": place, "strict": True}},
+        ) as stream:
             deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
             final = stream.get_final_response()
         assert "".join(deltas) == final.output_text and final.status == "completed" and final.usage is not None
+        jsonschema.validate(json.loads(final.output_text), place)
 
         second = client.responses.create(model="smollm2", input="And of Germany?", previous_response_id=first.id, max_output_tokens=16, temperature=0)
         assert second.previous_response_id == first.id
