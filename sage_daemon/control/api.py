@@ -109,6 +109,14 @@ class GenerationStreamAPI(Protocol):
         """The whole text and the final chunk (for replies that are not streamed); closes the stream."""
 
 
+class Tokenized(msgspec.Struct):
+    """POST /tokenize's answer from the plane: ids, each token's bytes when asked, the model's context."""
+
+    tokens: list[int]
+    pieces: list[bytes] | None
+    max_model_len: int
+
+
 class QueueSnapshot(msgspec.Struct):
     """The queue as `sagectl queue` shows it: the policy, the waiting requests, and the admitted
     generations per LLM model."""
@@ -144,6 +152,13 @@ class ControlPlaneAPI(Protocol):
     async def embed(self, model: str, inputs: list[str] | list[list[int]], meta: RequestMeta, dimensions: int | None = None) -> EmbeddingResult:
         """Batched with other embedding requests to the same model by the policy. `dimensions`:
         vectors cut to that size (InvalidRequestError unless the model supports it)."""
+
+    async def tokenize(self, model: str, text: str, add_special: bool, with_pieces: bool, meta: RequestMeta) -> Tokenized:
+        """The model's token ids of `text` (and each token's bytes when `with_pieces`).
+        InvalidRequestError for a model whose tokenizer is not in this daemon (remote, vLLM)."""
+
+    async def detokenize(self, model: str, token_ids: list[int], meta: RequestMeta) -> str:
+        """The text of `token_ids`; InvalidRequestError for an id outside the vocabulary."""
 
     async def count_prompt_tokens(self, model: str, request: GenerationRequest, meta: RequestMeta) -> int:
         """The prompt tokens `request` would take (its chat template and tools rendered), without

@@ -13,7 +13,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -33,6 +33,7 @@ from sage_daemon.control.api import (
     RequestKind,
     RequestMeta,
     ShuttingDownError,
+    Tokenized,
 )
 from sage_daemon.control.gate import CpuGate
 from sage_daemon.control.policies import POLICIES, Admit, BatchLimits, Expire, PolicySettings, QueueState, RunBatch, Ticket
@@ -46,6 +47,7 @@ from sage_daemon.engines.base import (
     GenerationChunk,
     GenerationRequest,
     LLMEngine,
+    TokenCodec,
 )
 from sage_daemon.engines.pool import EnginePool
 
@@ -303,6 +305,35 @@ class ControlPlane:
                 await stack.aclose()
             raise
         return GenerationStream(self, ticket, engine, stack)
+
+    @asynccontextmanager
+    async def _codec(self, model: str, meta: RequestMeta) -> AsyncIterator[tuple[TokenCodec, int]]:
+        """The model's tokenizer (loading the model) and its context length in tokens."""
+        self.get_model(model)
+        async with self.pool.use(model, meta.keep_alive_s) as engine:
+            if not engine.local_tokenizer:
+                raise InvalidRequestError(
+                    f"model {model!r} runs on {engine.backend}: its tokenizer is in that server, not in this daemon; ask the server itself", param="model"
+                )
+            context = cast(LLMEngine, engine).n_ctx if engine.kind == "llm" else cast(EmbeddingEngine, engine).max_seq_length
+            yield cast(TokenCodec, engine), context
+
+    async def tokenize(self, model: str, text: str, add_special: bool, with_pieces: bool, meta: RequestMeta) -> Tokenized:
+        async with self._codec(model, meta) as (codec, context):
+
+            def run() -> Tokenized:
+                ids = codec.tokenize(text, add_special)
+                return Tokenized(ids, codec.token_pieces(ids) if with_pieces else None, context)
+
+            return await trio.to_thread.run_sync(run)
+
+    async def detokenize(self, model: str, token_ids: list[int], meta: RequestMeta) -> str:
+        async with self._codec(model, meta) as (codec, _):
+            size = codec.vocab_size
+            bad = next((t for t in token_ids if not 0 <= t < size), None)
+            if bad is not None:  # llama.cpp asserts (ends the process) on an id beyond its vocabulary
+                raise InvalidRequestError(f"token id {bad} is not in the vocabulary of {model!r} (ids are 0 to {size - 1})", param="tokens")
+            return await trio.to_thread.run_sync(codec.detokenize, token_ids)
 
     async def count_prompt_tokens(self, model: str, request: GenerationRequest, meta: RequestMeta) -> int:
         self._require_kind(model, "llm")

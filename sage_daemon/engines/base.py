@@ -8,7 +8,7 @@ to trio through memory channels; no method here blocks the trio thread.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
@@ -223,6 +223,7 @@ class Engine(Protocol):
 
     name: str
     backend: str
+    local_tokenizer: bool  # a TokenCodec: its tokenizer runs in this process (POST /tokenize)
 
     @property
     def kind(self) -> Literal["llm", "embedding"]:
@@ -237,6 +238,22 @@ class Engine(Protocol):
     def health(self) -> EngineHealth: ...
 
     def stats(self) -> EngineStats: ...
+
+
+class TokenCodec(Protocol):
+    """An engine whose tokenizer is in this process (`local_tokenizer`): llama.cpp and
+    sentence-transformers. Remote and vLLM engines tokenize in their server. All blocking."""
+
+    vocab_size: int  # ids are in [0, vocab_size)
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids of `text`; `add_special`: with the model's special prefix/suffix tokens."""
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of ids in [0, vocab_size) (callers check the range)."""
+
+    def token_pieces(self, token_ids: Sequence[int]) -> list[bytes]:
+        """Each token's own bytes (a piece of a UTF-8 character for some)."""
 
 
 @runtime_checkable

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator
+from collections.abc import Sequence as SequenceOf
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -375,6 +376,7 @@ class LlamaCppEngine:
 
     kind: Literal["llm", "embedding"] = "llm"  # the protocol's type: a mutable attribute must match it exactly
     backend = "llamacpp"
+    local_tokenizer = True
 
     def __init__(self, spec: LlamaCppSpec, gate: StepGate | None = None):
         if spec.parallel < 1 or spec.n_ctx < 1 or spec.n_batch < 1:
@@ -519,10 +521,17 @@ class LlamaCppEngine:
         ids: list[int] = self._require_model().tokenize(text, add_special, True).tolist()
         return ids
 
-    def detokenize(self, token_ids: list[int] | tuple[int, ...]) -> str:
+    def detokenize(self, token_ids: SequenceOf[int]) -> str:
         """The text of generated token ids, as the stream emits it (special tokens render as nothing)."""
+        return b"".join(self.token_pieces(token_ids)).decode("utf-8", errors="replace")
+
+    def token_pieces(self, token_ids: SequenceOf[int]) -> list[bytes]:
         model = self._require_model()
-        return b"".join(model.piece(t) for t in token_ids).decode("utf-8", errors="replace")
+        return [model.piece(t) for t in token_ids]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._require_model().n_vocab)
 
     def has_chat_template(self) -> bool:
         if self.spec.chat_format:

@@ -292,6 +292,7 @@ class RemoteOpenAIEngine:
         self.name = spec.name
         self.kind = spec.kind
         self.backend = backend
+        self.local_tokenizer = False  # the server tokenizes
         self.remote_model = spec.remote_model or spec.name
         root = spec.base_url.rstrip("/")
         self.root_url = root[: -len("/v1")] if root.endswith("/v1") else root

@@ -122,6 +122,7 @@ class SentenceTransformersEngine:
 
     kind: Literal["llm", "embedding"] = "embedding"  # the Protocol's type (a mutable attribute is invariant)
     backend = "sentence-transformers"
+    local_tokenizer = True
 
     def __init__(self, spec: SentenceTransformersSpec, gate: StepGate | None = None):
         self.spec = spec
@@ -301,8 +302,29 @@ class SentenceTransformersEngine:
         result = await self._run_on_worker(lambda: self._embed_ids_blocking([list(ids) for ids in token_lists], background))
         return self._finish(result, dimensions)
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of `text` without special tokens (what OpenAI's token-array input carries). Blocking.
+    @property
+    def vocab_size(self) -> int:
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            raise EngineError(f"{self.name} is not loaded")
+        return len(tokenizer)
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            raise EngineError(f"{self.name} is not loaded")
+        with self._tokenizer_lock:
+            return str(tokenizer.decode(list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False))
+
+    def token_pieces(self, token_ids: Sequence[int]) -> list[bytes]:
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            raise EngineError(f"{self.name} is not loaded")
+        with self._tokenizer_lock:
+            return [str(piece).encode() for piece in tokenizer.convert_ids_to_tokens(list(token_ids))]
+
+    def tokenize(self, text: str, add_special: bool = False) -> list[int]:
+        """Token ids of `text`, by default without special tokens (what OpenAI's token-array input carries). Blocking.
 
         On the engine's own copy of the tokenizer, under a lock: a Hugging Face fast tokenizer
         must not be used by two threads at once (a call changes its truncation settings), and
@@ -312,7 +334,7 @@ class SentenceTransformersEngine:
         if tokenizer is None:
             raise EngineError(f"{self.name} is not loaded")
         with self._tokenizer_lock:
-            return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+            return list(tokenizer(text, add_special_tokens=add_special, verbose=False)["input_ids"])
 
     def _check_dimensions(self, dimensions: int | None) -> None:
         if dimensions is None or dimensions == self.dimensions:

@@ -169,6 +169,7 @@ class VllmEngine:
     """
 
     backend = "vllm"
+    local_tokenizer = False  # the child tokenizes
 
     def __init__(self, spec: VllmSpec, *, nursery: trio.Nursery, is_wsl2: bool = False):
         self.spec = spec

@@ -40,6 +40,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _JSON_TYPES = ("application/json",)
 _CORS_ALLOW_HEADERS = "Authorization, x-api-key, anthropic-version, Content-Type, X-Request-Id, X-SAGE-Priority, X-SAGE-Deadline-Ms, OpenAI-Organization, OpenAI-Project"
 OPERATIONAL = ("/health", "/metrics", "/openapi.json", "/version")
+KEYED = ("/tokenize", "/detokenize")  # outside /v1 (as llama-server and vLLM serve them), behind the keys too
 # Still answered during the drain: they say the daemon is draining instead of refusing.
 _DURING_DRAIN = ("/health", "/metrics")
 _BODIES = "sage.sse_bodies"  # ASGI scope key: the streamed bodies of this request (see DoorHTTPConnection)
@@ -110,6 +111,7 @@ def create_app(services: Services) -> QuartTrio:
     _error_handlers(app, services)
     run = _generation_routes(app, services)
     doors.register(app, services, run, decode)
+    _token_routes(app, services)
     _other_routes(app, services, keyring)
     return app
 
@@ -127,7 +129,7 @@ def _hooks(app: QuartTrio, services: Services, keyring: KeyRing) -> None:
         if request.method == "OPTIONS" and http.cors_origins and request.headers.get("Origin") and request.headers.get("Access-Control-Request-Method"):
             return Response(b"", status=204)  # the CORS headers are added after the request
         path = request.path
-        if path.startswith("/v1/") or path == "/v1" or (not http.public_health and path in OPERATIONAL):
+        if path.startswith("/v1/") or path == "/v1" or path in KEYED or (not http.public_health and path in OPERATIONAL):
             key = doors.api_key_of(request.headers)
             keyring.check(request.headers.get("Authorization") or (f"Bearer {key}" if key else None))
         if not services.lifecycle.accepting and path not in _DURING_DRAIN:
@@ -237,6 +239,46 @@ def _generation_routes(app: QuartTrio, services: Services) -> Any:
         return json_response(s.EmbeddingList(data, req.model, s.EmbeddingUsage(result.prompt_tokens, result.prompt_tokens)))
 
     return run
+
+
+def _token_routes(app: QuartTrio, services: Services) -> None:
+    """POST /tokenize and /detokenize for models whose tokenizer is in the daemon."""
+
+    async def plane_call(call: Any) -> Any:
+        try:
+            return await call
+        except Exception as exc:
+            api = from_exception(exc, param_hint="model")
+            if api is None:
+                raise
+            raise api from None
+
+    @app.post("/tokenize")
+    async def tokenize() -> Response:
+        req: s.TokenizeRequest = await decode(s.TokenizeRequest)
+        if (req.content is None) == (req.prompt is None):
+            raise bad_request("give the text as content (llama-server) or prompt (vLLM), one of them", param="content")
+        add_special = req.add_special if req.add_special is not None else req.add_special_tokens if req.add_special_tokens is not None else False
+        meta = request_meta(request.headers, g.request_id, None)
+        text = req.content if req.content is not None else req.prompt or ""
+        out = await plane_call(services.control.tokenize(req.model, text, add_special, req.with_pieces, meta))
+        tokens: list[int] | list[s.TokenPiece] = out.tokens
+        if out.pieces is not None:
+            tokens = [s.TokenPiece(t, _piece(p)) for t, p in zip(out.tokens, out.pieces)]
+        return json_response(s.TokenizeReply(tokens, len(out.tokens), out.max_model_len))
+
+    @app.post("/detokenize")
+    async def detokenize() -> Response:
+        req: s.DetokenizeRequest = await decode(s.DetokenizeRequest)
+        text = await plane_call(services.control.detokenize(req.model, req.tokens, request_meta(request.headers, g.request_id, None)))
+        return json_response(s.DetokenizeReply(text, text))
+
+
+def _piece(raw: bytes) -> str | list[int]:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(raw)
 
 
 def _other_routes(app: QuartTrio, services: Services, keyring: KeyRing) -> None:

@@ -406,3 +406,38 @@ REQUEST_TYPES: dict[str, type] = {
     "completion": CompletionRequest,
     "embedding": EmbeddingRequest,
 }
+
+
+# -- /tokenize and /detokenize (llama-server's and vLLM's shapes) --------------------------------
+
+
+class TokenizeRequest(Struct, kw_only=True):
+    """llama-server sends `content` (and `add_special`, `with_pieces`), vLLM `prompt` (and `add_special_tokens`)."""
+
+    model: ModelName
+    content: Annotated[str, Meta(max_length=4_000_000)] | None = None
+    prompt: Annotated[str, Meta(max_length=4_000_000)] | None = None
+    add_special: bool | None = None
+    add_special_tokens: bool | None = None
+    with_pieces: bool = False
+
+
+class TokenPiece(Struct):
+    id: int
+    piece: str | list[int]  # the token's text, or its bytes when they are not whole UTF-8 (as llama-server)
+
+
+class TokenizeReply(Struct):
+    tokens: list[int] | list[TokenPiece]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeRequest(Struct, kw_only=True):
+    model: ModelName
+    tokens: Annotated[list[Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]], Meta(max_length=1_000_000)]
+
+
+class DetokenizeReply(Struct):
+    content: str  # llama-server's name
+    prompt: str  # vLLM's

@@ -14,6 +14,7 @@ from sage_daemon.control.api import (
     EngineUnavailableError,
     QueueSnapshot,
     ShuttingDownError,
+    Tokenized,
     HealthReport,
     InvalidRequestError,
     ModelInfo,
@@ -67,6 +68,17 @@ class FakeControlPlane:
 
     def tokenize(self, model: str, text: str) -> list[int]:
         return [len(w) for w in text.split()]
+
+    async def tokenize(self, model: str, text: str, add_special: bool, with_pieces: bool, meta: RequestMeta) -> Tokenized:
+        self.get_model(model)
+        data = text.encode()
+        return Tokenized(list(data), [bytes([b]) for b in data] if with_pieces else None, 512)
+
+    async def detokenize(self, model: str, token_ids: list[int], meta: RequestMeta) -> str:
+        self.get_model(model)
+        if any(not 0 <= t < 256 for t in token_ids):
+            raise InvalidRequestError("token ids are bytes here", param="tokens")
+        return bytes(token_ids).decode("utf-8", "replace")
 
     async def count_prompt_tokens(self, model: str, request: GenerationRequest, meta: RequestMeta) -> int:
         self.get_model(model)
