@@ -86,6 +86,7 @@ setup(
             "openai>=1.40",
             "langchain-openai>=0.3",
             "anthropic>=0.40",
+            "cohere>=5",  # /v1/rerank tested with a client nobody here wrote
             "jsonschema>=4.20",
             "hypothesis>=6",
             "mypy>=1.10",

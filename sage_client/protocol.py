@@ -97,8 +97,9 @@ JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "int
 JOB_STATES: Final[tuple[str, ...]] = get_args(JobState)
 TERMINAL_JOB_STATES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 
-ModelKind = Literal["llm", "embedding"]
-RequestKind = Literal["chat", "completion", "embedding"]
+ModelKind = Literal["llm", "embedding", "rerank"]
+# Embedding and rerank requests are batched by the plane (see control/policies.py BATCHED_KINDS).
+RequestKind = Literal["chat", "completion", "embedding", "rerank"]
 
 
 class ProtocolError(Exception):

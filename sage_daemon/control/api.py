@@ -26,7 +26,7 @@ from sage_daemon.core.errors import (
     QueueFullError,
     ShuttingDownError,
 )
-from sage_daemon.engines.base import EmbeddingResult, GenerationChunk, GenerationRequest, ModelInfo
+from sage_daemon.engines.base import EmbeddingResult, GenerationChunk, GenerationRequest, ModelInfo, RerankResult
 
 __all__ = [
     "ControlPlaneAPI", "ControlPlaneError", "GenerationStreamAPI", "QueueSnapshot", "ServedControlPlane", "DeadlineExceededError", "EngineUnavailableError", "HealthReport",
@@ -152,6 +152,12 @@ class ControlPlaneAPI(Protocol):
     async def embed(self, model: str, inputs: list[str] | list[list[int]], meta: RequestMeta, dimensions: int | None = None) -> EmbeddingResult:
         """Batched with other embedding requests to the same model by the policy. `dimensions`:
         vectors cut to that size (InvalidRequestError unless the model supports it)."""
+
+    async def rerank(self, model: str, query: str, documents: list[str], meta: RequestMeta) -> RerankResult:
+        """Relevance of each document to `query`, in the documents' order. A rerank model (a
+        cross-encoder) scores the pairs, batched with other rerank requests to it by the policy;
+        an embedding model scores by cosine similarity (as vLLM does). InvalidRequestError for
+        an LLM or an empty document list."""
 
     async def tokenize(self, model: str, text: str, add_special: bool, with_pieces: bool, meta: RequestMeta) -> Tokenized:
         """The model's token ids of `text` (and each token's bytes when `with_pieces`).

@@ -47,6 +47,8 @@ from sage_daemon.engines.base import (
     GenerationChunk,
     GenerationRequest,
     LLMEngine,
+    RerankEngine,
+    RerankResult,
     TokenCodec,
 )
 from sage_daemon.engines.pool import EnginePool
@@ -86,6 +88,23 @@ class EmbeddingWork:
     inputs: list[Any]  # texts, or token-id lists
     as_tokens: bool
     dimensions: int | None
+
+
+@dataclass(frozen=True)
+class RerankWork:
+    query: str
+    documents: list[str]
+
+
+def cosine_scores(vectors: list[list[float]]) -> list[float]:
+    """Cosine similarity of vectors[1:] to vectors[0]: an embedding model used as a reranker."""
+    import numpy as np
+
+    matrix = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1)
+    norms[norms == 0] = 1.0
+    scores: list[float] = ((matrix[1:] @ matrix[0]) / (norms[1:] * norms[0])).tolist()
+    return scores
 
 
 def apportion(total: int, weights: list[int]) -> list[int]:
@@ -275,11 +294,11 @@ class ControlPlane:
     # ------------------------------------------------------------------ requests
 
     def _require_kind(self, model: str, kind: str) -> None:
-        slot = self.pool.slot(model)
-        if slot.config.kind != kind:
-            if kind == "llm":
-                raise InvalidRequestError(f"model {model!r} is an embedding model: use /v1/embeddings", param="model")
-            raise InvalidRequestError(f"model {model!r} is not an embedding model", param="model")
+        actual = self.pool.slot(model).config.kind
+        if actual != kind:
+            use = {"llm": "/v1/chat/completions or /v1/completions", "embedding": "/v1/embeddings", "rerank": "/v1/rerank"}[actual]
+            wanted = {"llm": "a language model", "embedding": "an embedding model", "rerank": "a reranker"}[kind]
+            raise InvalidRequestError(f"model {model!r} is not {wanted} (it is a {actual} model: use {use})", param="model")
 
     async def generate(self, model: str, kind: RequestKind, request: GenerationRequest, meta: RequestMeta) -> GenerationStream:
         """Validate, enqueue and hand back the stream; iterate it to wait for admission and get chunks."""
@@ -362,31 +381,79 @@ class ControlPlane:
             result: EmbeddingResult = ticket.outcome
         return result
 
+    async def rerank(self, model: str, query: str, documents: list[str], meta: RequestMeta) -> RerankResult:
+        """Score documents against a query: pairs batched with other rerank requests to a
+        cross-encoder, or cosine similarity of an embedding model's vectors."""
+        if self.pool.slot(model).config.kind == "embedding":
+            if not documents:
+                raise InvalidRequestError("documents must not be empty", param="documents")
+            embedded = await self.embed(model, [query, *documents], meta)
+            return RerankResult(cosine_scores(embedded.vectors), embedded.prompt_tokens, embedded.truncated)
+        self._require_kind(model, "rerank")
+        if not documents:
+            raise InvalidRequestError("documents must not be empty", param="documents")
+        async with self.pool.use(model, meta.keep_alive_s):
+            # Token budget of the batch: a cheap estimate (the query is read once per document).
+            tokens = sum(len(query) + len(d) for d in documents) // 4 + 2 * len(documents)
+            ticket = self._enqueue(model, "rerank", meta, size=len(documents), tokens=tokens, payload=RerankWork(query, list(documents)))
+            await self._wait_turn(ticket)
+            result: RerankResult = ticket.outcome
+        return result
+
     async def _run_batch(self, model: str, tickets: tuple[Ticket, ...]) -> None:
         now = trio.current_time()
+        kind = tickets[0].kind  # one model, one kind: embedding or rerank
         for ticket in tickets:
-            self.metrics.on_admitted(model, "embedding", now - ticket.enqueued_at)
+            self.metrics.on_admitted(model, kind, now - ticket.enqueued_at)
         self.metrics.on_embedding_batch(model, sum(t.size for t in tickets))
-        # One engine call per kind of input (text or ids, and requested dimensions).
-        groups: dict[tuple[bool, int | None], list[Ticket]] = {}
-        for ticket in tickets:
-            work: EmbeddingWork = ticket.payload
-            groups.setdefault((work.as_tokens, work.dimensions), []).append(ticket)
         try:
-            for (as_tokens, dimensions), group in groups.items():
-                await self._embed_group(model, group, as_tokens, dimensions)
+            if kind == "rerank":
+                await self._rerank_group(model, list(tickets))
+            else:
+                # One engine call per kind of input (text or ids, and requested dimensions).
+                groups: dict[tuple[bool, int | None], list[Ticket]] = {}
+                for ticket in tickets:
+                    work: EmbeddingWork = ticket.payload
+                    groups.setdefault((work.as_tokens, work.dimensions), []).append(ticket)
+                for (as_tokens, dimensions), group in groups.items():
+                    await self._embed_group(model, group, as_tokens, dimensions)
         finally:
             self.embedding_in_flight[model] -= 1
             now = trio.current_time()
             for ticket in tickets:
                 # Every admitted ticket ends here, whatever its caller does (gauges stay balanced).
                 outcome = ticket.outcome
-                if isinstance(outcome, EmbeddingResult):
-                    self.metrics.on_finished(model, "embedding", "stop", outcome.prompt_tokens, 0, now - ticket.enqueued_at)
+                if isinstance(outcome, (EmbeddingResult, RerankResult)):
+                    self.metrics.on_finished(model, kind, "stop", outcome.prompt_tokens, 0, now - ticket.enqueued_at)
                 else:
-                    self.metrics.on_finished(model, "embedding", "error", 0, 0, now - ticket.enqueued_at)
+                    self.metrics.on_finished(model, kind, "error", 0, 0, now - ticket.enqueued_at)
                 cast(PlaneTicket, ticket).done.set()
                 self._finished(model)
+
+    async def _rerank_group(self, model: str, group: list[Ticket]) -> None:
+        engine = cast("RerankEngine | None", self.pool.slot(model).engine)
+        try:
+            if engine is None:
+                raise EngineError(f"model {model} was unloaded")
+            works: list[RerankWork] = [t.payload for t in group]
+            results = await engine.rerank([(w.query, w.documents) for w in works], background=all(t.meta.background for t in group))
+        except (InvalidRequestError, UpstreamError) as exc:
+            if len(group) > 1 and exc.status < 500:
+                for ticket in group:  # one request's bad input must not fail the others: each goes again alone
+                    await self._rerank_group(model, [ticket])
+                return
+            if isinstance(exc, InvalidRequestError):
+                exc = InvalidRequestError(exc.message, param=exc.param or "documents")
+            for ticket in group:
+                ticket.outcome = exc
+            return
+        except Exception as exc:
+            log(logger, logging.ERROR, "rerank batch failed", model=model, pairs=sum(t.size for t in group), error=str(exc))
+            for ticket in group:
+                ticket.outcome = EngineUnavailableError(f"model {model!r} failed: {exc}")
+            return
+        for ticket, result in zip(group, results):
+            ticket.outcome = result
 
     async def _embed_group(self, model: str, group: list[Ticket], as_tokens: bool, dimensions: int | None) -> None:
         inputs = [item for ticket in group for item in ticket.payload.inputs]

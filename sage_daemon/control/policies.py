@@ -25,6 +25,9 @@ from typing import Any, Protocol
 from sage_daemon.control.api import Priority, RequestKind, RequestMeta
 
 
+BATCHED_KINDS = frozenset({"embedding", "rerank"})
+
+
 @dataclass(eq=False)
 class Ticket:
     """One request waiting for the control plane. `size` is texts for embeddings, 1 for LLM."""
@@ -40,8 +43,10 @@ class Ticket:
     outcome: Any = None  # set by the plane when admitted/done/failed
 
     @property
-    def is_embedding(self) -> bool:
-        return self.kind == "embedding"
+    def is_batched(self) -> bool:
+        """Embedding and rerank requests run in batches the policy forms; chat and completions
+        are admitted one by one into an engine's sequence slots."""
+        return self.kind in BATCHED_KINDS
 
     @property
     def deadline_at(self) -> float | None:
@@ -97,7 +102,7 @@ class PolicySettings:
     batch: BatchLimits = BatchLimits()
     reserved_interactive_slots: int = 1  # LLM slots background work may not take
     aging_s: float = 10.0  # a waiting request rises one priority level per aging period
-    default_slo_s: dict[str, float] = field(default_factory=lambda: {"chat": 10.0, "completion": 10.0, "embedding": 1.0})
+    default_slo_s: dict[str, float] = field(default_factory=lambda: {"chat": 10.0, "completion": 10.0, "embedding": 1.0, "rerank": 1.0})
 
 
 class Policy(Protocol):
@@ -190,7 +195,7 @@ class FifoPolicy:
         free = dict(state.free_slots)
         idle = dict(state.embedding_idle)
         for ticket in expire_overdue(state, result):
-            if ticket.is_embedding:
+            if ticket.is_batched:
                 if not idle.get(ticket.model, False):
                     break
                 result.decisions.append(RunBatch(ticket.model, (ticket,)))
@@ -218,7 +223,7 @@ class PriorityPolicy:
         result = StepResult()
         for model, tickets in by_model(expire_overdue(state, result)).items():
             ordered = self.order(tickets, state.now)
-            if ordered[0].is_embedding:
+            if ordered[0].is_batched:
                 if state.embedding_idle.get(model, False):
                     result.decisions.append(RunBatch(model, (ordered[0],)))
             else:
@@ -244,7 +249,7 @@ class SloPolicy:
         result = StepResult()
         for model, tickets in by_model(expire_overdue(state, result)).items():
             ordered = sorted(tickets, key=lambda t: (self.slack(t, state.now), t.enqueued_at))
-            if ordered[0].is_embedding:
+            if ordered[0].is_batched:
                 if state.embedding_idle.get(model, False):
                     batch = form_batch(ordered, self.settings.batch, state.now, result, only_full=state.embedding_running.get(model, 0) > 0)
                     if batch:
@@ -272,7 +277,7 @@ class HybridPolicy:
         now = state.now
         for model, tickets in by_model(expire_overdue(state, result)).items():
             ordered = sorted(tickets, key=lambda t: self._key(t, now))
-            if ordered[0].is_embedding:
+            if ordered[0].is_batched:
                 if state.embedding_idle.get(model, False):
                     batch = form_batch(ordered, self.settings.batch, now, result, only_full=state.embedding_running.get(model, 0) > 0)
                     if batch:

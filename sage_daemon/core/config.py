@@ -21,6 +21,7 @@ import msgspec
 import platformdirs
 
 from sage_client.paths import APP_NAME
+from sage_client.protocol import ModelKind
 
 # ----------------------------------------------------------------------------- schema
 
@@ -98,7 +99,7 @@ class ModelSources(_Section, frozen=True):
 
 class ModelConfig(_Section, frozen=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
-    kind: Literal["llm", "embedding"]
+    kind: ModelKind
     backend: Backend = "auto"
     sources: ModelSources = ModelSources()
     parallel: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
@@ -114,6 +115,9 @@ class ModelConfig(_Section, frozen=True):
     remote_api_key_env: str = ""
     required: bool = False
     vllm_args: list[str] = []
+    # Sizes an embedding model trained Matryoshka-style may cut its vectors to (`dimensions` of
+    # /v1/embeddings; the cut is re-normalised). Empty: only the native size.
+    matryoshka_dims: list[Annotated[int, msgspec.Meta(ge=1, le=65536)]] = []
 
 
 DEFAULT_MODELS = [

@@ -37,7 +37,7 @@ class Metrics:
         r = self.registry
         self.num_requests_running = Gauge("sage:num_requests_running", "Requests admitted to an engine and not finished.", ["model_name"], registry=r)
         self.num_requests_waiting = Gauge("sage:num_requests_waiting", "Requests queued and not yet admitted.", ["model_name"], registry=r)
-        self.queue_depth = Gauge("sage:queue_depth", "Requests queued, per model and request kind (chat, completion, embedding).", ["model_name", "kind"], registry=r)
+        self.queue_depth = Gauge("sage:queue_depth", "Requests queued, per model and request kind (chat, completion, embedding, rerank).", ["model_name", "kind"], registry=r)
         self.time_to_first_token = Histogram("sage:time_to_first_token_seconds", "Time from arrival to the first generated token.", ["model_name"], buckets=TTFT_BUCKETS, registry=r)
         self.inter_token_latency = Histogram("sage:inter_token_latency_seconds", "Time between two generated tokens of a request.", ["model_name"], buckets=ITL_BUCKETS, registry=r)
         self.e2e_request_latency = Histogram("sage:e2e_request_latency_seconds", "Time from arrival to the end of a request.", ["model_name"], buckets=LATENCY_BUCKETS, registry=r)
@@ -45,7 +45,7 @@ class Metrics:
         self.prompt_tokens = Counter("sage:prompt_tokens", "Prompt tokens processed (embedding inputs included).", ["model_name"], registry=r)
         self.generation_tokens = Counter("sage:generation_tokens", "Tokens generated.", ["model_name"], registry=r)
         self.request_success = Counter("sage:request_success", "Requests finished, by finished_reason (stop, length, cancelled, error).", ["model_name", "finished_reason"], registry=r)
-        self.embedding_batch_size = Histogram("sage:embedding_batch_size", "Inputs per embedding batch run on an engine.", ["model_name"], buckets=BATCH_BUCKETS, registry=r)
+        self.embedding_batch_size = Histogram("sage:embedding_batch_size", "Inputs per embedding batch (or (query, document) pairs per rerank batch) run on an engine.", ["model_name"], buckets=BATCH_BUCKETS, registry=r)
 
     # -- the hops of one request (the control plane's PlaneMetrics protocol) ------------------
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import msgspec
 
 # The client-facing errors engines raise live in core (the doors translate them); re-exported here.
+from sage_client.protocol import ModelKind
 from sage_daemon.core.errors import (
     ChatTemplateMissingError,
     ContextOverflowError,
@@ -171,6 +172,14 @@ class EmbeddingResult(msgspec.Struct):
     token_counts: list[int] = []  # tokens of each input before truncation at max_seq_length (empty if unknown)
 
 
+class RerankResult(msgspec.Struct):
+    """Relevance of each document to one query (POST /v1/rerank, a job's rerank step)."""
+
+    scores: list[float]  # one per document, in the documents' order; higher is more relevant
+    prompt_tokens: int  # tokens the model read (query + document per pair), for usage
+    truncated: int = 0  # pairs cut at the model's max length
+
+
 class EngineHealth(msgspec.Struct):
     state: EngineState
     ok: bool
@@ -226,7 +235,7 @@ class Engine(Protocol):
     local_tokenizer: bool  # a TokenCodec: its tokenizer runs in this process (POST /tokenize)
 
     @property
-    def kind(self) -> Literal["llm", "embedding"]:
+    def kind(self) -> ModelKind:
         """Read-only here, so an engine may declare its own narrower Literal."""
 
     async def load(self) -> None:
@@ -301,11 +310,23 @@ class EmbeddingEngine(Engine, Protocol):
         """As `embed`, for inputs given as token ids (only when `accepts_token_ids`)."""
 
 
+@runtime_checkable
+class RerankEngine(Engine, Protocol):
+    """What the control plane calls on a reranker (a cross-encoder reads query and document
+    together). Requests come as batches the plane formed: one (query, documents) group each."""
+
+    max_seq_length: int  # tokens per (query, document) pair; longer pairs are cut; 0 = unknown
+
+    async def rerank(self, groups: list[tuple[str, list[str]]], background: bool = False) -> list[RerankResult]:
+        """One result per group, its scores in the group's document order. A document the model
+        cannot take raises InvalidRequestError; a dead engine EngineError."""
+
+
 class ModelInfo(msgspec.Struct):
     """A configured model, loaded or not (GET /v1/models, sagectl models / ps)."""
 
     id: str
-    kind: Literal["llm", "embedding"]
+    kind: ModelKind
     backend: str  # the backend chosen (llamacpp, vllm, sentence-transformers, remote)
     state: str  # stopped | loading | ready | draining | error
     owned_by: str = "sage"

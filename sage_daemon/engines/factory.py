@@ -57,7 +57,12 @@ def make_factory(
                 device="cuda" if placement.device.startswith("cuda") else "cpu",
                 threads=threads,
                 max_batch=config.control.max_batch_texts,
+                matryoshka_dims=tuple(model.matryoshka_dims),
             )
+            if model.kind == "rerank":
+                from sage_daemon.engines.cross_encoder import CrossEncoderEngine
+
+                return CrossEncoderEngine(st_spec, gate=embedding_gate)
             return SentenceTransformersEngine(st_spec, gate=embedding_gate)
         if placement.backend == "remote":
             from sage_daemon.engines.remote import RemoteOpenAIEngine, RemoteSpec

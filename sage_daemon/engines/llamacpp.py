@@ -37,6 +37,8 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
+from sage_client.protocol import ModelKind
+
 from .base import (
     ChatMessage,
     ChatTemplateMissingError,
@@ -374,7 +376,7 @@ def _token_logprob(model: _Model, sampler: Sampler, token: int) -> TokenLogprob:
 class LlamaCppEngine:
     """An `LLMEngine` running a GGUF model in-process with continuous batching."""
 
-    kind: Literal["llm", "embedding"] = "llm"  # the protocol's type: a mutable attribute must match it exactly
+    kind: ModelKind = "llm"  # the protocol's type: a mutable attribute must match it exactly
     backend = "llamacpp"
     local_tokenizer = True
 

@@ -42,7 +42,7 @@ def choose_placement(model: ModelConfig, node: NodeInfo, allow_vllm_on_wsl: bool
     if model.backend == "remote":
         return Placement("remote", "remote", f"configured remote {model.sources.remote}")
     best_gpu = max(node.gpus, key=lambda g: g.memory_free_bytes, default=None)
-    if model.kind == "embedding":
+    if model.kind in ("embedding", "rerank"):  # torch models: sentence-transformers (CrossEncoder for rerank)
         if model.backend not in ("auto", "sentence-transformers"):
             return Placement(model.backend, "cpu", f"configured backend {model.backend}")
         if best_gpu is not None:  # torch's CUDA works on WSL2 too (vLLM's port trouble is another matter)
@@ -139,7 +139,7 @@ class EnginePool:
         if engine is not None and slot.config.kind == "llm":
             llm = cast(LLMEngine, engine)
             n_ctx, chat_template = llm.n_ctx, ready and llm.has_chat_template()
-        elif engine is not None:
+        elif engine is not None and slot.config.kind == "embedding":
             dimensions = cast(EmbeddingEngine, engine).dimensions
         restart_in = None
         if slot.state == "error" and slot.next_restart_at is not None and self.restarts(slot):

@@ -22,6 +22,7 @@ import msgspec
 import trio
 
 from sage_client.sse import SSEDecoder, ServerSentEvent
+from sage_client.protocol import ModelKind
 from sage_daemon.core.errors import UpstreamError
 from sage_daemon.engines.base import (
     ChatTemplateMissingError,
@@ -34,6 +35,7 @@ from sage_daemon.engines.base import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,
+    RerankResult,
     SamplingParams,
     TokenLogprob,
     ToolCallDelta,
@@ -45,7 +47,7 @@ class RemoteSpec(msgspec.Struct, frozen=True):
     """How to reach an OpenAI-compatible server (the pool fills it from `[[models]]`)."""
 
     name: str  # the model's name in this daemon
-    kind: Literal["llm", "embedding"]
+    kind: ModelKind
     base_url: str  # http://host:port, with or without a trailing /v1
     remote_model: str | None = None  # the model's id at the remote; None = same as name
     api_key: str | None = None
@@ -283,7 +285,8 @@ def sampling_body(sampling: SamplingParams) -> dict[str, Any]:
 
 
 class RemoteOpenAIEngine:
-    """An LLMEngine or EmbeddingEngine (per spec.kind) served by an OpenAI-compatible server."""
+    """An LLMEngine, EmbeddingEngine or RerankEngine (per spec.kind) served by an OpenAI-compatible
+    server (for rerank: one with the Jina/Cohere-shaped /v1/rerank of llama-server, vLLM, Infinity)."""
 
     backend = "remote"
 
@@ -509,6 +512,52 @@ class RemoteOpenAIEngine:
         self._prompt_tokens_total += prompt_tokens
         # The OpenAI response does not say whether inputs were cut; truncated stays 0.
         return EmbeddingResult(vectors, prompt_tokens, 0, len(vectors[0]) if vectors else self.dimensions)
+
+
+    async def rerank(self, groups: list[tuple[str, list[str]]], background: bool = False) -> list[RerankResult]:
+        """One POST /v1/rerank per group (the API takes one query), sent concurrently."""
+        results: list[RerankResult | None] = [None] * len(groups)
+        errors: list[BaseException] = []
+
+        async def one(index: int, query: str, documents: list[str]) -> None:
+            try:
+                results[index] = await self._rerank_one(query, documents)
+            except Exception as exc:  # noqa: BLE001 - reported below, first one wins
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for index, (query, documents) in enumerate(groups):
+                nursery.start_soon(one, index, query, documents)
+        if errors:
+            raise errors[0]
+        return [r for r in results if r is not None]
+
+    async def _rerank_one(self, query: str, documents: list[str]) -> RerankResult:
+        client = self._require_client()
+        body = {"model": self.remote_model, "query": query, "documents": documents, "top_n": len(documents), "return_documents": False}
+        self._in_flight += 1
+        self._requests_total += 1
+        try:
+            response = await client.post(self.api_url + "/rerank", json=body)
+        except httpx.TransportError as exc:
+            raise EngineError(f"remote {self.root_url} failed during the request: {describe(exc)}") from exc
+        finally:
+            self._in_flight -= 1
+        payload = _json_or_text(response)
+        if response.status_code >= 400:
+            raise error_from_body(payload, response.status_code)
+        scores: list[float | None] = [None] * len(documents)
+        try:
+            for row in payload["results"]:
+                scores[int(row["index"])] = float(row["relevance_score"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise RemoteServerError(502, f"the remote sent a malformed rerank response: {str(payload)[:200]}") from exc
+        if any(s is None for s in scores):
+            raise RemoteServerError(502, f"the remote's rerank response scored {sum(s is not None for s in scores)} of {len(documents)} documents")
+        usage = payload.get("usage") or {} if isinstance(payload, dict) else {}
+        prompt_tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
+        self._prompt_tokens_total += prompt_tokens
+        return RerankResult([float(s) for s in scores if s is not None], prompt_tokens)
 
 
 def _json_or_text(response: httpx.Response) -> Any:

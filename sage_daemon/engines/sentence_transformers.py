@@ -26,6 +26,7 @@ from typing import Any, Generic, Literal, TypeVar
 import msgspec
 import trio
 
+from sage_client.protocol import ModelKind
 from sage_daemon.engines.base import (
     EmbeddingResult,
     EngineError,
@@ -49,7 +50,8 @@ class SentenceTransformersSpec(msgspec.Struct, frozen=True):
     threads: int | None = None  # torch intra-op threads; None = leave torch's setting alone
     normalize: bool = True
     max_batch: int = 64  # texts per forward pass (and per StepGate hold)
-    supports_dimensions: bool = False  # True only for Matryoshka-trained models
+    # Sizes a Matryoshka-trained model's vectors may be cut to (`dimensions` in a request); empty: none.
+    matryoshka_dims: tuple[int, ...] = ()
 
 
 _ID_FEATURES = ("input_ids", "attention_mask", "token_type_ids")  # what embed_tokens can build
@@ -84,12 +86,13 @@ def force_hf_offline() -> None:
 
 def truncate_dimensions(vectors: list[list[float]], dimensions: int) -> list[list[float]]:
     """Matryoshka-style truncation: keep the first `dimensions` components, renormalise to unit length."""
-    out = []
-    for vector in vectors:
-        head = vector[:dimensions]
-        norm = math.sqrt(sum(x * x for x in head)) or 1.0
-        out.append([x / norm for x in head])
-    return out
+    import numpy as np
+
+    head = np.asarray(vectors, dtype=np.float64)[:, :dimensions]
+    norms = np.linalg.norm(head, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    cut: list[list[float]] = (head / norms).tolist()
+    return cut
 
 
 class _Job(Generic[T]):
@@ -117,78 +120,30 @@ class _StopWorker:
     pass
 
 
-class SentenceTransformersEngine:
-    """An EmbeddingEngine over a local sentence-transformers model."""
+class TorchWorker:
+    """One thread that runs every model call of a torch engine, fed by a queue (see the module's
+    docstring), and the CPU gate held around each batch. SentenceTransformersEngine and
+    CrossEncoderEngine (engines/cross_encoder.py) are this plus their model's calls."""
 
-    kind: Literal["llm", "embedding"] = "embedding"  # the Protocol's type (a mutable attribute is invariant)
-    backend = "sentence-transformers"
-    local_tokenizer = True
+    name: str
+    gate: StepGate
+    _model: Any
+    _tokenizer: Any
 
-    def __init__(self, spec: SentenceTransformersSpec, gate: StepGate | None = None):
-        self.spec = spec
-        self.name = spec.name
-        self.gate: StepGate = gate or NullGate()
-        self.supports_dimensions = spec.supports_dimensions
-        self.accepts_token_ids = False  # known once loaded: the model's inputs must be ids and masks only
-        self.dimensions = 0
-        self.max_seq_length = 0
-        self._tokenizer: Any = None  # a copy for tokenize(), whose callers are on other threads than the worker
-        self._tokenizer_lock = threading.Lock()
-        self.device = "cpu"
-        self._model: Any = None
-        self._special_prefix: list[int] = []  # special tokens the tokenizer puts around a text
-        self._special_suffix: list[int] = []
-        self._feature_probe: dict[str, Any] = {}  # the keys the model's preprocess() produces
+    def _init_worker(self) -> None:
         self._state = EngineState.STOPPED
         self._detail = ""
         self._jobs: queue.SimpleQueue[_Job[Any] | _StopWorker] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()  # orders "worker died" against new submissions
         self._worker_dead: str | None = None
-        self._requests_total = 0
-        self._prompt_tokens_total = 0
-        self._truncated_total = 0
         self._background_step = False  # the worker is running a background batch (read by _at_yield_point)
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def load(self) -> None:
-        if self._state is EngineState.READY:
-            return
-        self._state, self._detail = EngineState.LOADING, ""
-        try:
-            model = await trio.to_thread.run_sync(self._load_blocking)
-        except Exception as exc:
-            self._state, self._detail = EngineState.ERROR, f"loading {self.spec.model_path} failed: {exc}"
-            raise EngineError(self._detail) from exc
-        self._model = model
-        self.dimensions = int(model.get_embedding_dimension())
-        self.max_seq_length = int(model.max_seq_length)
-        self._special_prefix, self._special_suffix, self._feature_probe = await trio.to_thread.run_sync(_token_layout, model)
-        self.accepts_token_ids = not [k for k, v in self._feature_probe.items() if hasattr(v, "shape") and k not in _ID_FEATURES]
-        self._tokenizer = await trio.to_thread.run_sync(copy.deepcopy, model.tokenizer)
+    def _start_worker(self, thread_name: str) -> None:
         self._jobs = queue.SimpleQueue()
         self._worker_dead = None
-        self._worker = threading.Thread(target=self._worker_loop, name=f"embed-{self.name}", daemon=True)
+        self._worker = threading.Thread(target=self._worker_loop, name=thread_name, daemon=True)
         self._worker.start()
-        self._state, self._detail = EngineState.READY, f"{self.dimensions} dims, max {self.max_seq_length} tokens on {self.device}"
-
-    def _load_blocking(self) -> Any:
-        force_hf_offline()
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        device = self.spec.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.spec.threads is not None:
-            torch.set_num_threads(self.spec.threads)
-        self.device = device
-        model = SentenceTransformer(self.spec.model_path, device=device, local_files_only=True)
-        model.eval()
-        for part in _yield_points(model):
-            part.register_forward_pre_hook(self._at_yield_point)
-        return model
 
     async def unload(self) -> None:
         worker = self._worker
@@ -206,15 +161,6 @@ class SentenceTransformersEngine:
         if self._worker_dead is not None:
             return EngineHealth(EngineState.ERROR, False, self._worker_dead)
         return EngineHealth(self._state, self._state is EngineState.READY, self._detail)
-
-    def stats(self) -> EngineStats:
-        return EngineStats(
-            slots_total=1,
-            slots_busy=0 if self._jobs.empty() else 1,
-            requests_total=self._requests_total,
-            prompt_tokens_total=self._prompt_tokens_total,
-            extra={"truncated_inputs_total": float(self._truncated_total)},
-        )
 
     # -- the worker thread -------------------------------------------------------------------
 
@@ -269,6 +215,94 @@ class SentenceTransformersEngine:
         if job.error is not None:
             raise EngineError(f"{self.name}: {job.error}")
         return job.result  # type: ignore[return-value]
+
+    def _gated(self, fn: Callable[[], T], background: bool = False) -> T:
+        self.gate.acquire(background)
+        self._background_step = background
+        try:
+            return fn()
+        finally:
+            self._background_step = False
+            self.gate.release()
+
+    def _at_yield_point(self, module: Any, args: Any) -> None:
+        """A forward pre-hook on each block of each encoder layer: a background batch's yield points."""
+        if self._background_step:
+            self.gate.yield_to_interactive()
+
+
+class SentenceTransformersEngine(TorchWorker):
+    """An EmbeddingEngine over a local sentence-transformers model."""
+
+    kind: ModelKind = "embedding"  # the Protocol's type (a mutable attribute is invariant)
+    backend = "sentence-transformers"
+    local_tokenizer = True
+
+    def __init__(self, spec: SentenceTransformersSpec, gate: StepGate | None = None):
+        self.spec = spec
+        self.name = spec.name
+        self.gate: StepGate = gate or NullGate()
+        self.supports_dimensions = bool(spec.matryoshka_dims)
+        self.accepts_token_ids = False  # known once loaded: the model's inputs must be ids and masks only
+        self.dimensions = 0
+        self.max_seq_length = 0
+        self._tokenizer: Any = None  # a copy for tokenize(), whose callers are on other threads than the worker
+        self._tokenizer_lock = threading.Lock()
+        self.device = "cpu"
+        self._model: Any = None
+        self._special_prefix: list[int] = []  # special tokens the tokenizer puts around a text
+        self._special_suffix: list[int] = []
+        self._feature_probe: dict[str, Any] = {}  # the keys the model's preprocess() produces
+        self._init_worker()
+        self._requests_total = 0
+        self._prompt_tokens_total = 0
+        self._truncated_total = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        if self._state is EngineState.READY:
+            return
+        self._state, self._detail = EngineState.LOADING, ""
+        try:
+            model = await trio.to_thread.run_sync(self._load_blocking)
+        except Exception as exc:
+            self._state, self._detail = EngineState.ERROR, f"loading {self.spec.model_path} failed: {exc}"
+            raise EngineError(self._detail) from exc
+        self._model = model
+        self.dimensions = int(model.get_embedding_dimension())
+        self.max_seq_length = int(model.max_seq_length)
+        self._special_prefix, self._special_suffix, self._feature_probe = await trio.to_thread.run_sync(_token_layout, model)
+        self.accepts_token_ids = not [k for k, v in self._feature_probe.items() if hasattr(v, "shape") and k not in _ID_FEATURES]
+        self._tokenizer = await trio.to_thread.run_sync(copy.deepcopy, model.tokenizer)
+        self._start_worker(f"embed-{self.name}")
+        self._state, self._detail = EngineState.READY, f"{self.dimensions} dims, max {self.max_seq_length} tokens on {self.device}"
+
+    def _load_blocking(self) -> Any:
+        force_hf_offline()
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        device = self.spec.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.spec.threads is not None:
+            torch.set_num_threads(self.spec.threads)
+        self.device = device
+        model = SentenceTransformer(self.spec.model_path, device=device, local_files_only=True)
+        model.eval()
+        for part in _yield_points(model):
+            part.register_forward_pre_hook(self._at_yield_point)
+        return model
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            slots_total=1,
+            slots_busy=0 if self._jobs.empty() else 1,
+            requests_total=self._requests_total,
+            prompt_tokens_total=self._prompt_tokens_total,
+            extra={"truncated_inputs_total": float(self._truncated_total)},
+        )
 
     # -- embedding ---------------------------------------------------------------------------
 
@@ -340,9 +374,11 @@ class SentenceTransformersEngine:
         if dimensions is None or dimensions == self.dimensions:
             return
         if not self.supports_dimensions:
-            raise DimensionsNotSupportedError(f"model {self.name} does not support the dimensions parameter")
-        if not 0 < dimensions <= self.dimensions:
-            raise DimensionsNotSupportedError(f"dimensions must be between 1 and {self.dimensions}, got {dimensions}")
+            raise DimensionsNotSupportedError(f"model {self.name} does not support the dimensions parameter (its vectors have {self.dimensions})")
+        allowed = sorted(d for d in self.spec.matryoshka_dims if d < self.dimensions)
+        if dimensions not in allowed:
+            sizes = ", ".join(str(d) for d in [*allowed, self.dimensions])
+            raise DimensionsNotSupportedError(f"model {self.name} gives vectors of {sizes} dimensions, not {dimensions}")
 
     def _finish(self, result: EmbeddingResult, dimensions: int | None) -> EmbeddingResult:
         self._requests_total += 1
@@ -352,20 +388,6 @@ class SentenceTransformersEngine:
             result.vectors = truncate_dimensions(result.vectors, dimensions)
             result.dimensions = dimensions
         return result
-
-    def _gated(self, fn: Callable[[], T], background: bool = False) -> T:
-        self.gate.acquire(background)
-        self._background_step = background
-        try:
-            return fn()
-        finally:
-            self._background_step = False
-            self.gate.release()
-
-    def _at_yield_point(self, module: Any, args: Any) -> None:
-        """A forward pre-hook on each block of each encoder layer: a background batch's yield points."""
-        if self._background_step:
-            self.gate.yield_to_interactive()
 
     def _count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens of each text with the special tokens, untruncated. A text the tokenizer cannot

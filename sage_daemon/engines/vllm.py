@@ -27,6 +27,7 @@ import httpx
 import msgspec
 import trio
 
+from sage_client.protocol import ModelKind
 from sage_daemon.core.ports import SagePorts, is_port_free
 from sage_daemon.engines.base import (
     EmbeddingResult,
@@ -50,7 +51,7 @@ class VllmSpec(msgspec.Struct, frozen=True):
 
     name: str  # the model's name in this daemon
     model: str  # Hugging Face id or local path, as vLLM's --model takes it
-    kind: Literal["llm", "embedding"] = "llm"
+    kind: ModelKind = "llm"
     served_model_name: str | None = None  # --served-model-name; None = name
     gpu_index: int | None = None  # CUDA_VISIBLE_DEVICES for the child; None = inherit the daemon's
     max_model_len: int = 4096

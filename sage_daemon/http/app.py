@@ -40,7 +40,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _JSON_TYPES = ("application/json",)
 _CORS_ALLOW_HEADERS = "Authorization, x-api-key, anthropic-version, Content-Type, X-Request-Id, X-SAGE-Priority, X-SAGE-Deadline-Ms, OpenAI-Organization, OpenAI-Project"
 OPERATIONAL = ("/health", "/metrics", "/openapi.json", "/version")
-KEYED = ("/tokenize", "/detokenize")  # outside /v1 (as llama-server and vLLM serve them), behind the keys too
+# Outside /v1 (as llama-server, vLLM and Cohere's SDK call them), behind the keys too.
+KEYED = ("/tokenize", "/detokenize", "/rerank", "/v2/rerank")
 # Still answered during the drain: they say the daemon is draining instead of refusing.
 _DURING_DRAIN = ("/health", "/metrics")
 _BODIES = "sage.sse_bodies"  # ASGI scope key: the streamed bodies of this request (see DoorHTTPConnection)
@@ -112,6 +113,7 @@ def create_app(services: Services) -> QuartTrio:
     run = _generation_routes(app, services)
     doors.register(app, services, run, decode)
     _token_routes(app, services)
+    _rerank_routes(app, services)
     _other_routes(app, services, keyring)
     return app
 
@@ -219,8 +221,9 @@ def _generation_routes(app: QuartTrio, services: Services) -> Any:
         meta = request_meta(request.headers, g.request_id, req.metadata)
         plane = services.control
         try:
-            if plane.get_model(req.model).kind != "embedding":
-                raise bad_request(f"model {req.model!r} is an LLM, not an embedding model", param="model")
+            kind = plane.get_model(req.model).kind
+            if kind != "embedding":
+                raise bad_request(f"model {req.model!r} is not an embedding model (it is a {kind} model)", param="model")
             with services.lifecycle.track():
                 # the plane answers 400 unless the model can truncate (Matryoshka) to `dimensions`
                 result = await plane.embed(req.model, inputs, meta, dimensions=req.dimensions)
@@ -272,6 +275,33 @@ def _token_routes(app: QuartTrio, services: Services) -> None:
         req: s.DetokenizeRequest = await decode(s.DetokenizeRequest)
         text = await plane_call(services.control.detokenize(req.model, req.tokens, request_meta(request.headers, g.request_id, None)))
         return json_response(s.DetokenizeReply(text, text))
+
+
+def _rerank_routes(app: QuartTrio, services: Services) -> None:
+    """POST /v1/rerank (and /rerank, /v2/rerank): one query against many documents."""
+
+    async def rerank() -> Response:
+        req: s.RerankRequest = await decode(s.RerankRequest)
+        texts = [d if isinstance(d, str) else d.text for d in req.documents]
+        meta = request_meta(request.headers, g.request_id, None)
+        try:
+            if services.control.get_model(req.model).kind == "llm":
+                raise bad_request(f"model {req.model!r} is a language model, not a reranker; use a rerank (or embedding) model", param="model")
+            with services.lifecycle.track():
+                result = await services.control.rerank(req.model, req.query, texts, meta)
+        except Exception as exc:
+            api = from_exception(exc, param_hint="documents")
+            if api is None:
+                raise
+            raise api from None
+        order = sorted(range(len(texts)), key=lambda i: (-result.scores[i], i))[: req.top_n or len(texts)]
+        keep = req.return_documents is not False
+        results = [s.RerankResultItem(i, result.scores[i], s.RerankDocument(texts[i]) if keep else None) for i in order]
+        usage = s.RerankUsage(result.prompt_tokens, result.prompt_tokens)
+        return json_response(s.RerankReply(f"rerank-{g.request_id}", req.model, results, usage))
+
+    for path in ("/v1/rerank", "/rerank", "/v2/rerank"):
+        app.post(path, endpoint=f"rerank{path.replace('/', '_')}")(rerank)
 
 
 def _piece(raw: bytes) -> str | list[int]:

@@ -40,7 +40,7 @@ def openapi_document(version: str, *, keys: bool = True, public_health: bool = T
     types = [
         s.ChatCompletionRequest, s.ChatCompletion, s.ChatCompletionChunk,
         s.CompletionRequest, s.Completion,
-        s.EmbeddingRequest, s.EmbeddingList,
+        s.EmbeddingRequest, s.EmbeddingList, s.RerankRequest, s.RerankReply,
         s.ModelList, s.Model, s.Health, s.ErrorResponse,
     ]
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
@@ -91,6 +91,7 @@ def _v1_paths(ref: dict[str, Any], guarded: dict[str, Any]) -> dict[str, Any]:
         "/v1/chat/completions": post("ChatCompletionRequest", generated("ChatCompletion"), "Create a chat completion"),
         "/v1/completions": post("CompletionRequest", generated("Completion"), "Create a completion"),
         "/v1/embeddings": post("EmbeddingRequest", {"description": "The embeddings.", "content": _json(ref["EmbeddingList"])}, "Create embeddings"),
+        "/v1/rerank": post("RerankRequest", {"description": "The documents by relevance.", "content": _json(ref["RerankReply"])}, "Rerank documents against a query"),
         "/v1/models": {
             "get": {
                 "summary": "List the configured models, loaded or not",

@@ -408,6 +408,49 @@ REQUEST_TYPES: dict[str, type] = {
 }
 
 
+# -- /v1/rerank (Jina's and Cohere's shape, as llama-server, vLLM and Infinity serve it) ---------
+
+MAX_RERANK_DOCUMENTS = 1000  # Cohere's recommended maximum; each document is a forward pass of the reranker
+DocumentText = Annotated[str, Meta(max_length=4_000_000)]
+
+
+class RerankDocument(Struct):
+    text: DocumentText
+
+
+class RerankRequest(Struct, kw_only=True):
+    """Cohere's SDK sends every field, null when unset: nulls mean the default."""
+
+    model: ModelName
+    query: NonEmptyText
+    documents: Annotated[list[DocumentText | RerankDocument], Meta(min_length=1, max_length=MAX_RERANK_DOCUMENTS)]
+    top_n: Annotated[int, Meta(ge=1)] | None = None
+    return_documents: bool | None = None  # default true (Jina, vLLM)
+    # Cohere's: accepted and not used (a document is read up to the model's length)
+    max_chunks_per_doc: int | None = None
+    max_tokens_per_doc: int | None = None
+    rank_fields: list[str] | None = None
+
+
+class RerankResultItem(Struct, omit_defaults=True):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankUsage(Struct):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class RerankReply(Struct):
+    id: str
+    model: str
+    results: list[RerankResultItem]
+    usage: RerankUsage
+    object: Literal["rerank"] = "rerank"
+
+
 # -- /tokenize and /detokenize (llama-server's and vLLM's shapes) --------------------------------
 
 

@@ -266,3 +266,22 @@ async def test_capabilities_and_a_blocking_tokenize_beside_running_batches(engin
         for i in range(len(texts)):
             nursery.start_soon(tokenize, i)
     assert got == {i: reference.tokenizer(t, add_special_tokens=False)["input_ids"] for i, t in enumerate(texts)}
+
+
+async def test_matryoshka_sizes_cut_and_renormalise_others_are_refused_with_the_list() -> None:
+    """`matryoshka_dims` in [[models]]: those sizes are cut from the full vector and re-normalised;
+    any other size is a 400 that lists the sizes the model gives."""
+    engine = SentenceTransformersEngine(spec(matryoshka_dims=(128, 256)))
+    await engine.load()
+    try:
+        assert engine.supports_dimensions is True
+        full = np.array((await engine.embed(TEXTS)).vectors)
+        cut = await engine.embed(TEXTS, dimensions=128)
+        assert cut.dimensions == 128 and all(len(v) == 128 for v in cut.vectors)
+        expected = full[:, :128] / np.linalg.norm(full[:, :128], axis=1, keepdims=True)
+        np.testing.assert_allclose(np.array(cut.vectors), expected, atol=1e-6)
+        with pytest.raises(DimensionsNotSupportedError, match="128, 256, 384 dimensions, not 100") as refused:
+            await engine.embed(TEXTS, dimensions=100)
+        assert refused.value.param == "dimensions"
+    finally:
+        await engine.unload()

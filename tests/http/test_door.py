@@ -134,7 +134,7 @@ async def test_openapi_marks_authorization_only_when_keys_are_set(make_fake_daem
     assert "/version" in doc["paths"]
     keyed = await make_fake_daemon(("http.api_keys", ["k"]))
     async with keyed.client() as c:
-        assert secured((await c.get("/openapi.json")).json()) == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/{model}"}
+        assert secured((await c.get("/openapi.json")).json()) == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/models", "/v1/models/{model}"}
     private = await make_fake_daemon(("http.api_keys", ["k"]), ("http.public_health", False))
     async with private.client(headers={"Authorization": "Bearer k"}) as c:
         assert {"/health", "/metrics", "/version"} <= secured((await c.get("/openapi.json")).json())
