@@ -9,7 +9,7 @@ from __future__ import annotations
 
 try:
     from cython_ops.abort import flag_callback_address, flag_is_set
-    from cython_ops.bm25 import BM25Index, tokenize
+    from cython_ops.bm25 import ENGLISH_STOPWORDS, BM25Index, tokenize
     from cython_ops.chunking import DEFAULT_SEPARATORS, chunk_text, chunk_text_with_offsets
     from cython_ops.prefix import longest_common_prefix, prefix_hashes
     from cython_ops.sampling import sample_logits
@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 __all__ = [
     "BM25Index",
     "DEFAULT_SEPARATORS",
+    "ENGLISH_STOPWORDS",
     "chunk_text",
     "chunk_text_with_offsets",
     "flag_callback_address",

@@ -124,16 +124,35 @@ cdef void _sift(Cand* h, Py_ssize_t size) noexcept nogil:
     h[pos] = x
 
 
+# NLTK's English stop-word list (as bm25s and Pyserini use one): questions are full of these
+# ("how do I ... the ..."), and with BM25's IDF floor each still adds a little score, most to long
+# chunks; dropped from documents and queries they stop drowning the rare terms that matter.
+ENGLISH_STOPWORDS = frozenset("""
+i me my myself we our ours ourselves you you're you've you'll you'd your yours yourself yourselves
+he him his himself she she's her hers herself it it's its itself they them their theirs themselves
+what which who whom this that that'll these those am is are was were be been being have has had
+having do does did doing a an the and but if or because as until while of at by for with about
+against between into through during before after above below to from up down in out on off over
+under again further then once here there when where why how all any both each few more most other
+some such no nor not only own same so than too very s t can will just don don't should should've
+now d ll m o re ve y ain aren aren't couldn couldn't didn didn't doesn doesn't hadn hadn't hasn
+hasn't haven haven't isn isn't ma mightn mightn't mustn mustn't needn needn't shan shan't shouldn
+shouldn't wasn wasn't weren weren't won won't wouldn wouldn't
+""".split())
+
+
 cdef class BM25Index:
-    """BM25Index(documents: Sequence[str], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25)
+    """BM25Index(documents: Sequence[str], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25, stopwords: Iterable[str] = ())
 
     Okapi BM25 index with rank_bm25.BM25Okapi's scoring (including its epsilon floor for
-    negative IDF: such terms get ``epsilon * mean(idf)``).
+    negative IDF: such terms get ``epsilon * mean(idf)``). Tokens in ``stopwords`` (lower case;
+    e.g. ENGLISH_STOPWORDS) are left out of documents and queries alike.
     """
     cdef readonly Py_ssize_t n_docs
     cdef readonly Py_ssize_t n_terms
     cdef readonly double k1, b, epsilon, avgdl, average_idf
     cdef dict vocab
+    cdef readonly frozenset stopwords
     cdef vector[long long] indptr     # n_terms + 1
     cdef vector[int] post_doc
     cdef vector[double] post_tf
@@ -142,7 +161,7 @@ cdef class BM25Index:
     cdef vector[double] acc           # scratch: per-document score of the current query
     cdef vector[char] seen            # scratch: document touched by the current query
 
-    def __init__(self, documents, k1=1.5, b=0.75, epsilon=0.25):
+    def __init__(self, documents, k1=1.5, b=0.75, epsilon=0.25, stopwords=()):
         if isinstance(documents, str) or not hasattr(documents, "__iter__"):
             raise ValueError("documents must be a sequence of str")
         for name, v in (("k1", k1), ("b", b), ("epsilon", epsilon)):
@@ -155,6 +174,10 @@ cdef class BM25Index:
         self.k1 = k1
         self.b = b
         self.epsilon = epsilon
+        if isinstance(stopwords, str):
+            raise ValueError("stopwords must be a collection of words, not one str")
+        self.stopwords = frozenset(stopwords)
+        cdef frozenset stop = self.stopwords
         self.vocab = {}
         cdef dict vocab = self.vocab
         cdef vector[int] tokens
@@ -165,6 +188,8 @@ cdef class BM25Index:
             if not isinstance(doc, str):
                 raise ValueError(f"documents must be str, got {type(doc).__name__}")
             for tok in _tokens(doc.lower()):
+                if stop and tok in stop:
+                    continue
                 t = vocab.get(tok, -1)
                 if t < 0:
                     t = len(vocab)
@@ -245,7 +270,10 @@ cdef class BM25Index:
             raise ValueError(f"query must be a str, got {type(query).__name__}")
         cdef vector[int] ids
         cdef dict vocab = self.vocab
+        cdef frozenset stop = self.stopwords
         for tok in _tokens(query.lower()):
+            if stop and tok in stop:
+                continue
             t = vocab.get(tok)
             if t is not None:       # unknown terms score 0 in rank_bm25 too
                 ids.push_back(<int> t)

@@ -92,3 +92,18 @@ def test_negative_idf_epsilon_floor():
 def test_bad_input(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_stopwords_are_left_out_of_documents_and_queries():
+    from cython_ops import ENGLISH_STOPWORDS
+
+    docs = ["How do I run the test suite?", "The daemon listens on the port of the door", "run bash scripts/test.sh to test"]
+    index = BM25Index(docs, stopwords=ENGLISH_STOPWORDS)
+    kept = [[t for t in tokenize(d) if t not in ENGLISH_STOPWORDS] for d in docs]
+    query = "how do I run the test suite"
+    ref = reference.bm25_scores(kept, [t for t in tokenize(query) if t not in ENGLISH_STOPWORDS], 1.5, 0.75)
+    np.testing.assert_allclose(index.get_scores(query), ref, rtol=0, atol=1e-9)
+    assert "the" not in tokenize(" ".join(kept[1])) and index.stopwords == ENGLISH_STOPWORDS
+    assert index.get_scores("the of how").tolist() == [0.0, 0.0, 0.0]  # only stop words: nothing matches
+    with pytest.raises(ValueError, match="not one str"):
+        BM25Index(docs, stopwords="the")
