@@ -412,15 +412,29 @@ ASK_TEMPLATE = "Context:\n{context}\n\nUsing the context above, answer this ques
 ASK_SYSTEM = "You are a helpful assistant."
 
 
+def _ask_reranker(client: RpcClient, args: argparse.Namespace) -> str:
+    """--rerank MODEL; else the daemon's first model of kind "rerank"; "" with --no-rerank or none."""
+    if args.no_rerank:
+        return ""
+    if args.rerank:
+        return str(args.rerank)
+    return next((m.id for m in client.call("models").models if m.kind == "rerank"), "")
+
+
 @command("ask")
 def cmd_ask(client: RpcClient, args: argparse.Namespace) -> int:
-    """retrieve from a collection → prompt → generate: the RAG question, as a job."""
+    """retrieve from a collection (hybrid by default, reranked when the daemon has a reranker) →
+    prompt → generate: the RAG question, as a job."""
+    retrieve: dict[str, Any] = {"op": "retrieve", "collection": args.collection, "k": args.k, "mode": args.mode}
+    reranker = _ask_reranker(client, args)
+    if reranker:
+        retrieve["rerank_model"] = reranker
     spec = {
         "name": "ask",
         "priority": "high",  # a person is waiting for it
         "stages": [
             {"op": "from_items", "items": [{"id": "question", "question": args.question}]},
-            {"op": "retrieve", "collection": args.collection, "k": args.k, "hybrid": True},
+            retrieve,
             {"op": "prompt", "template": ASK_TEMPLATE},
             {"op": "generate", "model": args.model, "max_tokens": args.max_tokens, "temperature": 0.0, "system": ASK_SYSTEM, "stop": ["\n\n"]},
             {"op": "collect"},
@@ -522,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default="smollm2")
     ask.add_argument("-k", type=int, default=2, help="contexts retrieved")
     ask.add_argument("--max-tokens", type=int, default=200)
+    ask.add_argument("--mode", choices=["dense", "bm25", "hybrid"], default="hybrid", help="retrieval: vectors, BM25, or both fused (default)")
+    reranking = ask.add_mutually_exclusive_group()
+    reranking.add_argument("--rerank", metavar="MODEL", default="", help="rerank the retrieved contexts with MODEL (default: the daemon's first rerank model)")
+    reranking.add_argument("--no-rerank", action="store_true", help="do not rerank, even when the daemon has a rerank model")
     return parser
 
 

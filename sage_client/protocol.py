@@ -414,6 +414,19 @@ class JobEmbedResult(msgspec.Struct):
     vectors: list[list[float]]
 
 
+class JobRerankParams(msgspec.Struct, forbid_unknown_fields=True):
+    """For job stages running outside the daemon (Ray workers): the relevance of each document to the query."""
+
+    model: str
+    query: str
+    documents: Annotated[list[str], msgspec.Meta(min_length=1)]
+    priority: str = "background"
+
+
+class JobRerankResult(msgspec.Struct):
+    scores: list[float]  # one per document, in the documents' order
+
+
 class JobGenerateParams(msgspec.Struct, forbid_unknown_fields=True):
     """For job stages running outside the daemon (Ray workers): one generation, whole."""
 
@@ -479,6 +492,7 @@ METHODS: Final[dict[str, MethodSpec]] = {
     "job.retry": MethodSpec(JobId, JobSummary),
     "job.embed": MethodSpec(JobEmbedParams, JobEmbedResult),
     "job.generate": MethodSpec(JobGenerateParams, JobGenerateResult),
+    "job.rerank": MethodSpec(JobRerankParams, JobRerankResult),
     "collection.list": MethodSpec(Empty, CollectionListResult),
     "collection.show": MethodSpec(CollectionName, CollectionRow),
     "collection.drop": MethodSpec(CollectionName, CollectionRow),

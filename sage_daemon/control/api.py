@@ -17,6 +17,7 @@ import trio
 
 from sage_client.protocol import RequestKind
 
+from sage_daemon.core.config import ModelConfig
 from sage_daemon.core.errors import (
     ControlPlaneError,
     DeadlineExceededError,
@@ -142,6 +143,13 @@ class ControlPlaneAPI(Protocol):
 
     async def unload(self, name: str) -> ModelInfo:
         """Unload a model now; its in-flight requests end first."""
+
+    async def put_model(self, model: ModelConfig) -> ModelInfo:
+        """Serve `model` from now on (added, or redefined: the old engine is unloaded first)."""
+
+    async def remove_model(self, name: str) -> ModelInfo:
+        """Stop serving `name` (unloaded and gone from the list). InvalidRequestError while
+        requests wait for it or run on it."""
 
     async def generate(self, model: str, kind: RequestKind, request: GenerationRequest, meta: RequestMeta) -> GenerationStreamAPI:
         """Validate (model exists and is an LLM, chat template present for chat, context fits,

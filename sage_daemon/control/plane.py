@@ -37,7 +37,7 @@ from sage_daemon.control.api import (
 )
 from sage_daemon.control.gate import CpuGate
 from sage_daemon.control.policies import POLICIES, Admit, BatchLimits, Expire, PolicySettings, QueueState, RunBatch, Ticket
-from sage_daemon.core.config import ControlConfig
+from sage_daemon.core.config import ControlConfig, ModelConfig
 from sage_daemon.core.errors import UpstreamError
 from sage_daemon.core.logging import log
 from sage_daemon.engines.base import (
@@ -503,6 +503,14 @@ class ControlPlane:
 
     async def load(self, name: str) -> ModelInfo:
         return await self.pool.load(name)
+
+    async def put_model(self, model: ModelConfig) -> ModelInfo:
+        return await self.pool.put_model(model)
+
+    async def remove_model(self, name: str) -> ModelInfo:
+        if any(t.model == name for t in self.waiting) or self.running.get(name):
+            raise InvalidRequestError(f"model {name!r} has requests waiting or running; retry when they are done (or unload it first)", param="name")
+        return await self.pool.remove_model(name)
 
     async def unload(self, name: str) -> ModelInfo:
         return await self.pool.unload(name)

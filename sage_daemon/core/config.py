@@ -73,6 +73,11 @@ class PathsConfig(_Section, frozen=True):
     cache_dir: str = ""
     log_dir: str = ""
     runtime_dir: str = ""
+    # Where `sagectl pull` keeps Hugging Face downloads (its cache layout); "" = $HF_HUB_CACHE if
+    # set, else DATA_DIR/huggingface/hub (the daemon's own, under systemd's StateDirectory).
+    hf_cache_dir: str = ""
+    # A folder of GGUF files and sentence-transformers folders `sagectl models --available` lists.
+    models_dir: str = ""
 
 
 class NodesConfig(_Section, frozen=True):

@@ -287,6 +287,29 @@ class EnginePool:
             self._changed.notify_all()
         return self.info(name)
 
+    # ------------------------------------------------------------------ models added and removed live
+
+    async def put_model(self, model: ModelConfig) -> ModelInfo:
+        """Serve `model` from now on: a new name, or a new definition of a served one (whose
+        engine is unloaded first; requests holding it finish on the old one)."""
+        old = self.slots.get(model.name)
+        if old is not None:
+            while old.loading is not None:
+                await old.loading.wait()
+            await self.unload(model.name, reason="model redefined")
+        engines = self.config.engines
+        self.slots[model.name] = ModelSlot(model, choose_placement(model, self.node, engines.allow_vllm_on_wsl, engines.vllm_min_free_gpu_gb))
+        return self.info(model.name)
+
+    async def remove_model(self, name: str) -> ModelInfo:
+        """Stop serving `name`: unloaded, then gone from the list."""
+        slot = self.slot(name)
+        while slot.loading is not None:
+            await slot.loading.wait()
+        info = await self.unload(name, reason="model removed")
+        self.slots.pop(name, None)
+        return info
+
     # ------------------------------------------------------------------ supervision
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, interval_s: float = 0.5) -> None:

@@ -70,6 +70,9 @@ class PlaneModels:
         text, _ = await stream.collect()
         return text
 
+    async def rerank(self, model: str, query: str, documents: list[str]) -> list[float]:
+        return list((await self.plane.rerank(model, query, documents, self._meta("r"))).scores)
+
 
 @dataclass
 class LiveJob:
@@ -435,6 +438,9 @@ class JobManager:
 
     async def embed_for_stage(self, model: str, texts: builtins.list[str], priority: str = "background") -> builtins.list[builtins.list[float]]:
         return await PlaneModels(self.plane, Priority.parse(priority), 0).embed(model, texts)
+
+    async def rerank_for_stage(self, model: str, query: str, documents: builtins.list[str], priority: str = "background") -> builtins.list[float]:
+        return await PlaneModels(self.plane, Priority.parse(priority), 0).rerank(model, query, documents)
 
     async def generate_for_stage(self, params: p.JobGenerateParams) -> tuple[str, str]:
         from sage_daemon.engines.base import ChatMessage, SamplingParams

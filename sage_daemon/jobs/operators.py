@@ -47,6 +47,11 @@ class ModelClient(Protocol):
 
     async def generate(self, model: str, request: GenerationRequest, chat: bool) -> str: ...
 
+    async def rerank(self, model: str, query: str, documents: list[str]) -> list[float]:
+        """The relevance of each document to the query, in document order (higher is better):
+        a reranker's score, or an embedding model's cosine similarity."""
+        ...
+
 
 def item_key(item: Any) -> str:
     if isinstance(item, dict) and "id" in item:
@@ -201,15 +206,40 @@ async def embed_items(op: s.Embed, items: list[Any], models: ModelClient) -> lis
     return [{**_as_record(item, op.field), op.output: vector} for item, vector in zip(items, vectors)]
 
 
+def _context_text(context: Any) -> str:
+    return str(context["text"]) if isinstance(context, dict) else str(context)
+
+
+async def rerank_contexts(models: ModelClient, model: str, query: str, contexts: list[Any], keep: int) -> list[dict[str, Any]]:
+    """`contexts` ordered by the model's score for `query` (ties keep their order), the best `keep`,
+    each a dict with its `rerank_score`."""
+    if not contexts:
+        return []
+    scores = await models.rerank(model, query, [_context_text(c) for c in contexts])
+    if len(scores) != len(contexts):
+        raise ValueError(f"rerank model {model!r} returned {len(scores)} scores for {len(contexts)} documents")
+    order = sorted(range(len(contexts)), key=lambda n: -float(scores[n]))[:keep]
+    return [{**(contexts[n] if isinstance(contexts[n], dict) else {"text": contexts[n]}), "rerank_score": float(scores[n])} for n in order]
+
+
 async def retrieve_items(op: s.Retrieve, items: list[Any], models: ModelClient, collections: CollectionStore, to_thread: Callable[..., Any]) -> list[Any]:
     collection = await to_thread(collections.get, op.collection)
-    model = op.model or collection.model
-    if not model:
-        raise ValueError(f"collection {op.collection!r} is empty and has no model; index into it first or give retrieve a model")
     texts = [_field_text(item, op.field) for item in items]
-    vectors = np.asarray(await models.embed(model, texts), dtype=np.float32)
-    hits = await to_thread(collection.search, vectors, op.k, texts, op.hybrid)
-    return [{**_as_record(item, op.field), op.output: [msgspec.to_builtins(h) for h in found]} for item, found in zip(items, hits)]
+    vectors: np.ndarray | None = None
+    if op.mode != "bm25":
+        model = op.model or collection.model
+        if not model:
+            raise ValueError(f"collection {op.collection!r} is empty and has no model; index into it first or give retrieve a model")
+        vectors = np.asarray(await models.embed(model, texts), dtype=np.float32)
+    depth = max(op.k, op.rerank_candidates) if op.rerank_model else op.k
+    hits = await to_thread(collection.search, vectors, depth, texts, op.mode, tuple(op.weights))
+    out = []
+    for item, text, found in zip(items, texts, hits):
+        contexts: list[Any] = [msgspec.to_builtins(h) for h in found]
+        if op.rerank_model:
+            contexts = await rerank_contexts(models, op.rerank_model, text, contexts, op.k)
+        out.append({**_as_record(item, op.field), op.output: contexts})
+    return out
 
 
 async def rerank_items(op: s.Rerank, items: list[Any], models: ModelClient) -> list[Any]:
@@ -220,12 +250,7 @@ async def rerank_items(op: s.Rerank, items: list[Any], models: ModelClient) -> l
         if not contexts:
             out.append(record)
             continue
-        texts = [_field_text(record, op.field)] + [c["text"] if isinstance(c, dict) else str(c) for c in contexts]
-        vectors = np.asarray(await models.embed(op.model, texts), dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1) + 1e-12
-        scores = (vectors[1:] @ vectors[0]) / (norms[1:] * norms[0])
-        order = sorted(range(len(contexts)), key=lambda n: (-float(scores[n]), n))[: op.top_n]
-        ranked = [{**(contexts[n] if isinstance(contexts[n], dict) else {"text": contexts[n]}), "rerank_score": float(scores[n])} for n in order]
+        ranked = await rerank_contexts(models, op.model, _field_text(record, op.field), contexts, op.top_n)
         out.append({**record, op.contexts_field: ranked})
     return out
 

@@ -35,7 +35,7 @@ MAX_GENERATE_FANOUT = 8
 
 class ModelFacts(msgspec.Struct, frozen=True):
     name: str
-    kind: str  # llm | embedding
+    kind: str  # llm | embedding | rerank
     parallel: int = 1
 
 
@@ -72,7 +72,8 @@ class Plan:
 
     @property
     def models(self) -> set[str]:
-        return {op.model for st in self.stages for op in st.ops if isinstance(op, (s.Embed, s.Generate, s.Rerank)) or (isinstance(op, s.Retrieve) and op.model)}
+        used = {op.model for st in self.stages for op in st.ops if isinstance(op, (s.Embed, s.Generate, s.Rerank)) or (isinstance(op, s.Retrieve) and op.model)}
+        return used | {op.rerank_model for st in self.stages for op in st.ops if isinstance(op, s.Retrieve) and op.rerank_model}
 
     @property
     def collections_written(self) -> set[str]:
@@ -136,17 +137,23 @@ def resolve_function(ref: Any, allowed_modules: tuple[str, ...] | None = None) -
 
 
 def _check_stage(index: int, stage: s._Stage, models: dict[str, ModelFacts]) -> None:
-    def model_of_kind(name: str, kind: str) -> None:
+    def model_of_kind(name: str, *kinds: str, field: str = "model") -> None:
         facts = models.get(name)
         if facts is None:
-            raise _fail(index, stage, "model", f"no model {name!r} in the pool (configured: {', '.join(sorted(models)) or 'none'})")
-        if facts.kind != kind:
-            raise _fail(index, stage, "model", f"model {name!r} is an {facts.kind} model; this operator needs an {kind} model")
+            raise _fail(index, stage, field, f"no model {name!r} in the pool (configured: {', '.join(sorted(models)) or 'none'})")
+        if facts.kind not in kinds:
+            needs = " or ".join(f"{'an' if k[0] in 'ael' else 'a'} {k}" for k in kinds)
+            raise _fail(index, stage, field, f"model {name!r} is {'an' if facts.kind[0] in 'ael' else 'a'} {facts.kind} model; this operator needs {needs} model")
 
-    if isinstance(stage, (s.Embed, s.Rerank)):
+    if isinstance(stage, s.Embed):
         model_of_kind(stage.model, "embedding")
-    elif isinstance(stage, s.Retrieve) and stage.model:
-        model_of_kind(stage.model, "embedding")
+    elif isinstance(stage, s.Rerank):
+        model_of_kind(stage.model, "rerank", "embedding")  # a cross-encoder, or a bi-encoder's cosine
+    elif isinstance(stage, s.Retrieve):
+        if stage.model:
+            model_of_kind(stage.model, "embedding")
+        if stage.rerank_model:
+            model_of_kind(stage.rerank_model, "rerank", "embedding", field="rerank_model")
     elif isinstance(stage, s.Generate):
         model_of_kind(stage.model, "llm")
     elif isinstance(stage, s.Chunk) and stage.overlap >= stage.size:

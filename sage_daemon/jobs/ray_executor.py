@@ -6,8 +6,8 @@ packets in flight bounds memory the way the local executor's channels do. Stages
 the daemon's own state run in the daemon (the "driver"): the source, `batch` (stateful),
 `retrieve` (reads the collection), collection writes and sinks — collections stay single-writer
 and idempotent by item id. Model stages in Ray tasks call the daemon back: over its RPC socket
-(`job.embed` / `job.generate`, same host) or over its OpenAI-compatible HTTP door
-(`/v1/embeddings`, `/v1/chat/completions`) with `ray_model_transport = "http"`.
+(`job.embed` / `job.generate` / `job.rerank`, same host) or over its OpenAI-compatible HTTP
+door (`/v1/embeddings`, `/v1/chat/completions`, `/v1/rerank`) with `ray_model_transport = "http"`.
 
 Placement: the NodeSelector scores Ray's nodes (from `ray.nodes()`); each task stage is sent to
 its chosen node with a soft node-affinity, and its resource hints become Ray's num_cpus /
@@ -70,6 +70,11 @@ class RpcModels:
         text: str = (await trio.to_thread.run_sync(self._call, "job.generate", params)).text
         return text
 
+    async def rerank(self, model: str, query: str, documents: list[str]) -> list[float]:
+        params = {"model": model, "query": query, "documents": documents, "priority": self.priority}
+        result = await trio.to_thread.run_sync(self._call, "job.rerank", params)
+        return [float(x) for x in result.scores]
+
 
 class HttpModels:
     """Model calls from a Ray worker to a daemon's OpenAI-compatible HTTP door."""
@@ -99,6 +104,22 @@ class HttpModels:
         data = await trio.to_thread.run_sync(self._post, "/v1/completions", {"model": model, "prompt": request.prompt, **sampling})
         text: str = data["choices"][0]["text"]
         return text
+
+    async def rerank(self, model: str, query: str, documents: list[str]) -> list[float]:
+        data = await trio.to_thread.run_sync(self._post, "/v1/rerank", {"model": model, "query": query, "documents": documents})
+        return rerank_scores(data, len(documents))
+
+
+def rerank_scores(data: Any, n: int) -> list[float]:
+    """A /v1/rerank reply (`results`: {index, relevance_score}, best first, maybe top_n only) as
+    one score per document in the documents' order; a document the reply left out scores -inf."""
+    scores = [float("-inf")] * n
+    for row in data["results"]:
+        index = int(row["index"])
+        if not 0 <= index < n:
+            raise ValueError(f"/v1/rerank: result index {index} outside the {n} documents")
+        scores[index] = float(row["relevance_score"])
+    return scores
 
 
 def run_stage_task(stage: PhysicalStage, items: list[Any], transport: str, target: str, priority: str, job_id: str) -> tuple[list[Any], int, list[str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import typing
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -108,13 +109,32 @@ class Index(_Stage, tag="index"):
 
 
 class Retrieve(_Stage, tag="retrieve"):
+    """The k best items of a collection for each item's `field`: by dense similarity ("dense"),
+    by BM25 over the stored texts ("bm25": no embedding model needed) or both fused by weighted
+    reciprocal rank fusion ("hybrid", `weights` = [dense, bm25]). With `rerank_model`, the best
+    `rerank_candidates` are retrieved, scored against the query by that model (a reranker, or
+    an embedding model by cosine) and the best k kept, each with its `rerank_score`."""
+
     collection: str
     field: str = "question"
     output: str = "contexts"
     k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 4
-    hybrid: bool = False  # add BM25 and fuse the two rankings (reciprocal rank fusion)
+    mode: Literal["dense", "bm25", "hybrid"] = "dense"
+    weights: Annotated[list[NonNegative], msgspec.Meta(min_length=2, max_length=2)] = msgspec.field(default_factory=lambda: [1.0, 1.0])  # [dense, bm25], for "hybrid"
+    # Deprecated alias of mode = "hybrid" (older pipeline files); true sets mode to "hybrid".
+    hybrid: bool = False
     model: str = ""  # "" = the model the collection was indexed with
+    rerank_model: str = ""  # "" = no rerank step
+    rerank_candidates: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 20  # retrieved for the reranker, which keeps k
     batch_size: Positive = 32
+
+    def __post_init__(self) -> None:
+        if self.hybrid:
+            if self.mode == "bm25":
+                raise ValueError("field hybrid: `hybrid = true` (deprecated: mode = \"hybrid\") contradicts mode = \"bm25\"; give mode alone")
+            self.mode = "hybrid"
+        if self.mode == "hybrid" and not any(self.weights):
+            raise ValueError("field weights: at least one of [dense, bm25] must be > 0")
 
 
 class Prompt(_Stage, tag="prompt"):
@@ -140,7 +160,8 @@ class Generate(_Stage, tag="generate"):
 
 
 class Rerank(_Stage, tag="rerank"):
-    """Re-order an item's contexts by embedding similarity to the query; keep the best top_n."""
+    """Re-order an item's contexts by the model's relevance score to the query (`ModelClient.rerank`:
+    a reranker's, or an embedding model's cosine similarity); keep the best top_n."""
 
     model: str = "minilm"
     field: str = "question"
@@ -231,6 +252,12 @@ def _top_line(text: str, field: str) -> int | None:
     return None
 
 
+def _literal_choices(struct: type, field: str) -> tuple[Any, ...]:
+    """The values a Literal field of a stage accepts (empty when it is not a Literal)."""
+    hint = typing.get_type_hints(struct).get(field)
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+
+
 def explain(exc: msgspec.ValidationError, raw: Any, text: str | None = None, label: str = "pipeline") -> PipelineSpecError:
     """msgspec's error as one line: `pipeline.toml:12: stage 2 (chunk): field size: expected ...`."""
     match = _AT.match(str(exc))
@@ -255,6 +282,9 @@ def explain(exc: msgspec.ValidationError, raw: Any, text: str | None = None, lab
             what = f"unknown field (known: {', '.join(sorted(STAGE_TYPES[op].__struct_fields__))})"
         elif "missing required field `op`" in what:
             what = "no `op`: say which operator this stage is"
+        elif field and "invalid enum value" in what and op in STAGE_TYPES:
+            choices = _literal_choices(STAGE_TYPES[op], field)
+            what += f" (one of: {', '.join(map(repr, choices))})" if choices else ""
         line = _stage_line(text, index, field) if text else None
     else:
         field = field or path.lstrip(".") or None

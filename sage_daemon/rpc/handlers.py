@@ -165,6 +165,9 @@ def make_handlers(services: Services) -> dict[str, Handler]:
     async def job_embed(params: p.JobEmbedParams, _: ReplyStream) -> p.JobEmbedResult:
         return p.JobEmbedResult(await jobs().embed_for_stage(params.model, params.texts, params.priority))
 
+    async def job_rerank(params: p.JobRerankParams, _: ReplyStream) -> p.JobRerankResult:
+        return p.JobRerankResult(await jobs().rerank_for_stage(params.model, params.query, params.documents, params.priority))
+
     async def job_generate(params: p.JobGenerateParams, _: ReplyStream) -> p.JobGenerateResult:
         text, finish = await jobs().generate_for_stage(params)
         return p.JobGenerateResult(text, finish)
@@ -180,7 +183,7 @@ def make_handlers(services: Services) -> dict[str, Handler]:
 
     return {
         "job.submit": job_submit, "job.list": job_list, "job.show": job_show, "job.logs": job_logs, "job.watch": job_watch,
-        "job.wait": job_wait, "job.cancel": job_cancel, "job.retry": job_retry, "job.embed": job_embed, "job.generate": job_generate,
+        "job.wait": job_wait, "job.cancel": job_cancel, "job.retry": job_retry, "job.embed": job_embed, "job.generate": job_generate, "job.rerank": job_rerank,
         "collection.list": collection_list, "collection.show": collection_show, "collection.drop": collection_drop,
         "ping": ping, "status": status, "config.show": config_show, "nodes": nodes, "ports": ports, "version": version,
         "models": models, "load": load, "unload": unload, "queue": queue, "policy.get": policy_get, "policy.set": policy_set,

@@ -23,6 +23,9 @@ class NoModels:
     async def generate(self, model: str, request: Any, chat: bool) -> str:
         return "answer"
 
+    async def rerank(self, model: str, query: str, documents: list[str]) -> list[float]:
+        return [float(len(d)) for d in documents]
+
 
 def context(plan: Any, tmp_path: Path, capacity: int = 2) -> RunContext:
     return RunContext("t", NoModels(), CollectionStore(tmp_path / "collections"), str(tmp_path), str(tmp_path / "results.jsonl"), progress_for(plan), channel_capacity=capacity)
