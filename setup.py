@@ -55,7 +55,11 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["sage_daemon", "sage_daemon.*", "sage_client", "sage_client.*", "cython_ops", "cython_ops.*"]),
     package_data={
-        "sage_daemon": ["defaults/*.toml", "defaults/*.service", "defaults/*.socket"],
+        "sage_daemon": [
+            "defaults/*.toml", "defaults/*.service", "defaults/*.socket",
+            # the web dashboard (http/admin.py): pages, modules, styles and the vendored uPlot
+            "http/static/*.html", "http/static/*.js", "http/static/*.css", "http/static/pages/*.js", "http/static/vendor/uplot/*",
+        ],
         # sage_client/systemd links to systemd/: the unit templates `sagectl service install` renders.
         "sage_client": ["systemd/*.service", "systemd/*.socket", "systemd/user/*", "systemd/sysusers.d/*"],
         "cython_ops": ["*.pyx", "*.pxd"],
@@ -75,6 +79,7 @@ setup(
         "prometheus-client>=0.20",
         "jinja2>=3.1",
         "jsonschema>=4.20",  # response_format schemas are checked at the door with the validator's own words
+        "huggingface_hub>=2.4",  # `sagectl pull`: downloads from the Hub (resumable, its cache layout, HF_TOKEN, HF_ENDPOINT)
     ],
     extras_require={
         "cpu": CPU,
@@ -87,6 +92,7 @@ setup(
             "langchain-openai>=0.3",
             "anthropic>=0.40",
             "cohere>=5",  # /v1/rerank tested with a client nobody here wrote
+            "playwright>=1.40",  # the dashboard's browser tests drive Debian's chromium (no browser download)
             "jsonschema>=4.20",
             "hypothesis>=6",
             "mypy>=1.10",

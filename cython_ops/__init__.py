@@ -10,7 +10,14 @@ from __future__ import annotations
 try:
     from cython_ops.abort import flag_callback_address, flag_is_set
     from cython_ops.bm25 import ENGLISH_STOPWORDS, BM25Index, tokenize
-    from cython_ops.chunking import DEFAULT_SEPARATORS, chunk_text, chunk_text_with_offsets
+    from cython_ops.chunking import (
+        DEFAULT_SEPARATORS,
+        MARKDOWN_SEPARATORS,
+        chunk_text,
+        chunk_text_with_offsets,
+        chunk_texts,
+        chunk_texts_with_offsets,
+    )
     from cython_ops.prefix import longest_common_prefix, prefix_hashes
     from cython_ops.sampling import sample_logits
     from cython_ops.similarity import topk
@@ -24,8 +31,11 @@ __all__ = [
     "BM25Index",
     "DEFAULT_SEPARATORS",
     "ENGLISH_STOPWORDS",
+    "MARKDOWN_SEPARATORS",
     "chunk_text",
     "chunk_text_with_offsets",
+    "chunk_texts",
+    "chunk_texts_with_offsets",
     "flag_callback_address",
     "flag_is_set",
     "longest_common_prefix",

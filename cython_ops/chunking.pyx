@@ -27,9 +27,29 @@ and the merge-with-overlap step (``_merge_splits``) runs on piece lengths.
 Profile on 21 MB of stdlib text (UCS4, 84 MB buffer, 56,686 chunks): the index scan is memory
 bound (~5 ms), creating the chunk strings (allocation, page faults of fresh memory, copying)
 is most of the rest; CPython's own slicing of the same substrings takes ~26 ms alone.
+
+Many small texts (the stdlib's 1,790 .py files, one call each; perf): a zero-filled index vector
+of n + 2 entries per call was 11% of the time (now an uninitialised buffer kept between calls),
+storing each piece and chunk through a stack copy was half of split_range's time (a
+store-forwarding stall; now written in place), and preparing the separators (validation, code
+points, the indexed character) ran per call (now cached by the separators tuple: an empty
+call went from 0.8 to 0.3 us). Below 256 Ki code points a second thread loses: a thread per
+call costs ~50 us, and a persistent worker thread woken per call (tried) was no better (files
+of 16 Ki+ code points on it: 75 vs 38 ms for the stdlib files), so small texts stay on the
+calling thread; chunk_texts gives a batch of files one splitter thread instead (end-of-document
+marks in the hand-over).
+
+Regex separators (a re.Pattern, or str ones with is_separator_regex=True) cover what LangChain's
+language separators use: characters, greedy ? * + {m,n} on one character and | at the top
+level (MARKDOWN_SEPARATORS: "\\n#{1,6} ", "\\n\\\\*\\\\*\\\\*+\\n", ...). They are matched in
+place by backtracking over (char, min, max) atoms, which finds exactly re's leftmost match;
+unbounded rules such as "\\n---+\\n" could not be expanded into finitely many literals, and
+listing "\\n# ", "\\n## ", ... as separate levels would split differently from one alternation.
 """
 
+cimport cython
 from libcpp.vector cimport vector
+from libc.stdlib cimport malloc, free
 from libc.string cimport memchr, memcpy
 
 cdef extern from "Python.h":
@@ -75,7 +95,7 @@ cdef extern from *:
     #include <immintrin.h>
     #define SAGE_HAVE_AVX2_PATH 1
     static int sage_avx2 = -1;
-    __attribute__((target("avx2")))
+    __attribute__((target("avx2,popcnt")))
     static Py_ssize_t sage_scan4_avx2(const uint32_t* p, Py_ssize_t i, Py_ssize_t stop, uint32_t c,
                                       Py_ssize_t* out, Py_ssize_t cnt) {
         const __m256i v = _mm256_set1_epi32((int)c);
@@ -90,7 +110,22 @@ cdef extern from *:
         for (; i < stop; i++) if (p[i] == c) out[cnt++] = i;
         return cnt;
     }
-    __attribute__((target("avx2")))
+    __attribute__((target("avx2,popcnt")))
+    static Py_ssize_t sage_scan2_avx2(const uint16_t* p, Py_ssize_t i, Py_ssize_t stop, uint32_t c,
+                                      Py_ssize_t* out, Py_ssize_t cnt) {
+        const __m256i v = _mm256_set1_epi16((short)c);
+        for (; i + 32 <= stop; i += 32) {
+            __m256i a = _mm256_cmpeq_epi16(_mm256_loadu_si256((const __m256i*)(p + i)), v);
+            __m256i b = _mm256_cmpeq_epi16(_mm256_loadu_si256((const __m256i*)(p + i + 16)), v);
+            /* packs works per 128-bit lane: restore the order of the four 8-char groups */
+            __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi16(a, b), 0xD8);
+            uint32_t mask = (uint32_t)_mm256_movemask_epi8(packed);
+            SAGE_EXTRACT(mask, i, out, cnt);
+        }
+        for (; i < stop; i++) if (p[i] == c) out[cnt++] = i;
+        return cnt;
+    }
+    __attribute__((target("avx2,popcnt")))
     static Py_ssize_t sage_scan1_avx2(const uint8_t* p, Py_ssize_t i, Py_ssize_t stop, uint32_t c,
                                       Py_ssize_t* out, Py_ssize_t cnt) {
         const __m256i v = _mm256_set1_epi8((char)c);
@@ -111,11 +146,13 @@ cdef extern from *:
                                      uint32_t c, Py_ssize_t* out, Py_ssize_t cnt) {
         Py_ssize_t i = start;
     #ifdef SAGE_HAVE_AVX2_PATH
-        if (sage_avx2 < 0) { __builtin_cpu_init(); sage_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0; }
+        if (sage_avx2 < 0) { __builtin_cpu_init(); sage_avx2 = (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) ? 1 : 0; }
         if (sage_avx2 && kind == 4)
             return sage_scan4_avx2((const uint32_t*)data, start, stop, c, out, cnt);
         if (sage_avx2 && kind == 1)
             return c > 0xFF ? cnt : sage_scan1_avx2((const uint8_t*)data, start, stop, c, out, cnt);
+        if (sage_avx2 && kind == 2)
+            return c > 0xFFFF ? cnt : sage_scan2_avx2((const uint16_t*)data, start, stop, c, out, cnt);
     #endif
         if (kind == 4) {
             const uint32_t* p = (const uint32_t*)data;
@@ -231,6 +268,7 @@ cdef extern from *:
             cv.notify_one();
         }
         void stop() { stopped.store(true); }
+        bool is_stopped() { return stopped.load(std::memory_order_relaxed); }
         /* 1: a batch was moved into c, p; 0: none ready yet; -1: none left. */
         int take_locked(std::vector<C>& c, std::vector<P>& p) {
             if (!q.empty()) {
@@ -253,6 +291,25 @@ cdef extern from *:
         }
     };
 
+    /* Append a Piece / Chunk by writing its fields in place: building the struct on the stack
+       and copying it (what Cython emits) reloads 16 bytes just stored as two 8-byte halves, a
+       store-forwarding stall that was half of split_range's time. */
+    template <class V>
+    static inline void sage_push_piece(V& v, Py_ssize_t a, Py_ssize_t b) {
+        v.emplace_back();
+        v.back().start = a;
+        v.back().end = b;
+    }
+    template <class V>
+    static inline void sage_push_chunk(V& v, Py_ssize_t a, Py_ssize_t b, Py_ssize_t lo, Py_ssize_t hi, int sep) {
+        v.emplace_back();
+        v.back().start = a;
+        v.back().end = b;
+        v.back().plo = lo;
+        v.back().phi = hi;
+        v.back().sep = sep;
+    }
+
     typedef void (*sage_thread_fn)(void*);
     static void* sage_thread_start(sage_thread_fn f, void* arg) {
         try { return (void*) new std::thread(f, arg); } catch (...) { return NULL; }
@@ -267,14 +324,39 @@ cdef extern from *:
         void push(vector[C]& c, vector[P]& p) noexcept nogil
         void finish() noexcept nogil
         void stop() noexcept nogil
+        bint is_stopped() noexcept nogil
         int try_pop(vector[C]& c, vector[P]& p) noexcept nogil
         int pop(vector[C]& c, vector[P]& p) noexcept nogil
     ctypedef void (*sage_thread_fn)(void*) noexcept nogil
+    void sage_push_piece[V](V& v, Py_ssize_t a, Py_ssize_t b) noexcept nogil
+    void sage_push_chunk[V](V& v, Py_ssize_t a, Py_ssize_t b, Py_ssize_t lo, Py_ssize_t hi, int sep) noexcept nogil
     void* sage_thread_start(sage_thread_fn f, void* arg) noexcept nogil
     void sage_thread_join(void* t) noexcept nogil
 
 
+import re as _re
+
 DEFAULT_SEPARATORS = ("\n\n", "\n", " ", "")
+
+# LangChain's separators for Markdown (RecursiveCharacterTextSplitter.from_language(
+# Language.MARKDOWN), which sets is_separator_regex=True): headings, end of code blocks,
+# horizontal rules, then paragraphs, lines, words, characters. A re.Pattern separator is a regex
+# (a str one a literal), so ``chunk_text(text, n, k, MARKDOWN_SEPARATORS)`` gives the chunks of
+# ``from_language(Language.MARKDOWN, chunk_size=n, chunk_overlap=k).split_text(text)``.
+# Note: LangChain's MarkdownTextSplitter passes these strings *without* is_separator_regex, so
+# there they are literals ("\n#{1,6} " never occurs in text); pass the plain strings
+# (``[p.pattern if isinstance(p, re.Pattern) else p for p in MARKDOWN_SEPARATORS]``) to get that.
+MARKDOWN_SEPARATORS = (
+    _re.compile("\n#{1,6} "),
+    "```\n",
+    _re.compile("\n\\*\\*\\*+\n"),
+    _re.compile("\n---+\n"),
+    _re.compile("\n___+\n"),
+    "\n\n",
+    "\n",
+    " ",
+    "",
+)
 
 # keep_separator modes (LangChain: False, True/"start", "end")
 cdef enum:
@@ -289,8 +371,9 @@ cdef struct Piece:
 
 
 cdef struct Chunk:
-    # A chunk is text[start:end] when plo < 0; otherwise (keep_separator=False with runs of
+    # A chunk is text[start:end] when plo == -1; otherwise (keep_separator=False with runs of
     # separators between pieces) it is separators[sep].join(pieces[plo:phi]).strip().
+    # plo == -2 marks the end of a document (batches of documents).
     Py_ssize_t start
     Py_ssize_t end
     Py_ssize_t plo
@@ -304,44 +387,291 @@ cdef struct Chunk:
 cdef Py_ssize_t SCAN_SLAB = 65536
 cdef Py_ssize_t FLUSH_CHUNKS = 256
 
-# Two threads (when the process may run on two CPUs and the text is long enough to pay for a
-# thread start): a splitter thread decides the chunks without the GIL and hands them over in
-# batches of FLUSH_CHUNKS; the calling thread builds their strings meanwhile. More threads would
-# have nothing to do: the splitting is sequential (each merge depends on the previous chunk).
+# Two threads (when the process may run on two CPUs and the text, or all texts of a batch
+# together, are long enough to pay for a thread start): a splitter thread decides the chunks
+# without the GIL and hands them over in batches of FLUSH_CHUNKS; the calling thread builds their
+# strings meanwhile. More threads would have nothing to do: the splitting is sequential (each
+# merge depends on the previous chunk).
 cdef int THREADS = 1
 cdef Py_ssize_t PARALLEL_MIN_CHARS = 262144
+cdef Py_ssize_t UNBOUNDED = <Py_ssize_t> (<size_t> -1 >> 1)
 
 
+# --- prepared separator tables ---------------------------------------------------------------
+# Preparing the separators (validation, code points, regex atoms, the indexed character) is
+# done once per distinct separators tuple and cached: per call it cost more than chunking a
+# small file's first lines.
+
+@cython.final
+@cython.no_gc
+cdef class _Seps:
+    cdef int nseps
+    cdef list joins                  # what LangChain joins pieces with (keep_separator=False)
+    cdef vector[Py_UCS4] chars       # literal levels' code points, concatenated
+    cdef vector[Py_ssize_t] off
+    cdef vector[Py_ssize_t] mlen     # literal: code points matched; regex: 0
+    cdef vector[Py_ssize_t] jlen     # len(joins[i])
+    cdef vector[char] exact_join     # joins[i] is what the separator matches (literal levels)
+    cdef vector[char] indexed        # literal made only of idx_char: searched on the index
+    cdef vector[char] regex
+    cdef vector[Py_ssize_t] alt_off  # regex level i: alternatives alt_off[i]..alt_off[i + 1]
+    cdef vector[Py_ssize_t] first    # regex level: the one character every match starts with, or -1
+    cdef vector[Py_ssize_t] atom_off # alternative a: atoms atom_off[a]..atom_off[a + 1]
+    cdef vector[Py_UCS4] atom_char
+    cdef vector[Py_ssize_t] atom_min
+    cdef vector[Py_ssize_t] atom_max
+    cdef Py_UCS4 idx_char
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "a": "\a"}
+_QUANTIFIER = _re.compile(r"\{(\d*)(,?)(\d*)\}")
+
+
+cdef object _quantifier(str pat, Py_ssize_t i):
+    """(min, max, next index) of a {m,n} quantifier at pat[i], or None where Python's re reads a
+    literal "{"."""
+    m = _QUANTIFIER.match(pat, i)
+    if m is None or m.group(0) == "{}" or (not m.group(2) and m.group(3)):
+        return None
+    lo, comma, hi = m.group(1), m.group(2), m.group(3)
+    mn = int(lo) if lo else 0
+    mx = (int(hi) if hi else UNBOUNDED) if comma else mn
+    return mn, mx, m.end()
+
+
+cdef list _parse_regex(str pat):
+    """The alternatives of a regex separator, each a list of (char, min, max) atoms, or raise.
+
+    The subset LangChain's language separators use: literal and escaped characters, the greedy
+    quantifiers ? * + {m} {m,} {,n} {m,n} on one character, and | at the top level. Matching
+    these with backtracking gives exactly Python's re matches."""
+    cdef list alts = [], atoms = []
+    cdef Py_ssize_t i = 0, n = len(pat)
+    unsupported = ValueError(f"unsupported regex separator {pat!r}: only characters, ? * + {{m,n}} and | are supported")
+    while i < n:
+        ch = pat[i]
+        if ch == "|":
+            alts.append(atoms)
+            atoms = []
+            i += 1
+            continue
+        if ch == "\\":
+            if i + 1 >= n:
+                raise unsupported
+            ch = pat[i + 1]
+            if ch in _ESCAPES:
+                ch = _ESCAPES[ch]
+            elif ch.isascii() and ch.isalnum():
+                raise unsupported
+            i += 2
+        elif ch in ".[]()^$*+?":
+            raise unsupported
+        elif ch == "{" and _quantifier(pat, i) is not None:
+            raise unsupported
+        else:
+            i += 1
+        mn = mx = 1
+        if i < n:
+            q = pat[i]
+            if q == "*":
+                mn, mx, i = 0, UNBOUNDED, i + 1
+            elif q == "+":
+                mn, mx, i = 1, UNBOUNDED, i + 1
+            elif q == "?":
+                mn, mx, i = 0, 1, i + 1
+            elif q == "{":
+                quant = _quantifier(pat, i)
+                if quant is not None:
+                    mn, mx, i = quant
+                    if mn > mx:
+                        raise unsupported
+            if i < n and (pat[i] in "*+?" or (pat[i] == "{" and _quantifier(pat, i) is not None)):
+                raise unsupported     # lazy, possessive or repeated quantifiers
+        atoms.append((ord(ch), mn, mx))
+    alts.append(atoms)
+    for atoms in alts:
+        if sum(a[1] for a in atoms) == 0:
+            raise ValueError(f"regex separator {pat!r} may match an empty string")
+    return alts
+
+
+cdef dict _SEPS_CACHE = {}
+cdef _Seps _DEFAULT_TAB = None
+
+
+cdef _Seps _prepare(object separators, bint regex):
+    global _DEFAULT_TAB
+    if separators is None and not regex:
+        if _DEFAULT_TAB is None:
+            _DEFAULT_TAB = _build_seps(DEFAULT_SEPARATORS, False)
+        return _DEFAULT_TAB
+    if separators is None or (isinstance(separators, (list, tuple)) and len(separators) == 0):
+        separators = DEFAULT_SEPARATORS     # LangChain: `separators or [...]`
+    if not isinstance(separators, (list, tuple)):
+        raise ValueError("separators must be a list of str")
+    key = (tuple(separators), regex)
+    try:
+        tab = _SEPS_CACHE.get(key)
+    except TypeError:           # unhashable element: not a str, reported below
+        key = None
+        tab = None
+    if tab is not None:
+        return <_Seps> tab
+    tab = _build_seps(key[0] if key is not None else tuple(separators), regex)
+    if key is not None:
+        if len(_SEPS_CACHE) >= 256:
+            _SEPS_CACHE.clear()
+        _SEPS_CACHE[key] = tab
+    return <_Seps> tab
+
+
+cdef _Seps _build_seps(tuple separators, bint regex):
+    cdef list levels = []     # (join string, literal text or None, alternatives or None)
+    for s in separators:
+        if isinstance(s, _re.Pattern):
+            if not isinstance(s.pattern, str) or (s.flags & ~_re.UNICODE):
+                raise ValueError("separators must be a list of str (or str re.Pattern without flags)")
+            pat, is_re = s.pattern, True
+        elif isinstance(s, str):
+            pat, is_re = s, regex
+        else:
+            raise ValueError("separators must be a list of str")
+        if not is_re or pat == "":
+            levels.append((pat, pat, None))
+            continue
+        alts = _parse_regex(pat)
+        if len(alts) == 1 and all(a[1] == a[2] for a in alts[0]):
+            levels.append((pat, "".join(chr(a[0]) * a[1] for a in alts[0]), None))
+        else:
+            levels.append((pat, None, alts))
+    cdef _Seps tab = _Seps()
+    tab.nseps = len(levels)
+    tab.joins = [lv[0] for lv in levels]
+    # The first literal made of one repeated character chooses the indexed character.
+    idx_str = None
+    tab.idx_char = 0
+    for join, lit, alts in levels:
+        if lit and lit == lit[0] * len(lit):
+            idx_str = lit[0]
+            tab.idx_char = ord(idx_str)
+            break
+    cdef Py_ssize_t total = 0
+    cdef char flag
+    for join, lit, alts in levels:
+        tab.off.push_back(total)
+        tab.jlen.push_back(len(join))
+        tab.alt_off.push_back(<Py_ssize_t> tab.atom_off.size())
+        if alts is None:
+            tab.mlen.push_back(len(lit))
+            for ch in lit:
+                tab.chars.push_back(ord(ch))
+            total += len(lit)
+            flag = 1 if lit == join else 0
+            tab.exact_join.push_back(flag)
+            flag = 0
+            if idx_str is not None and len(lit) > 0 and lit == idx_str * len(lit):
+                flag = 1
+            tab.indexed.push_back(flag)
+            tab.regex.push_back(0)
+            tab.first.push_back(-1)
+            continue
+        tab.mlen.push_back(0)
+        tab.exact_join.push_back(0)
+        tab.indexed.push_back(0)
+        tab.regex.push_back(1)
+        firsts = {atoms[0][0] if atoms[0][1] > 0 else -1 for atoms in alts}
+        tab.first.push_back(firsts.pop() if len(firsts) == 1 else -1)
+        for atoms in alts:
+            tab.atom_off.push_back(<Py_ssize_t> tab.atom_char.size())
+            for c, mn, mx in atoms:
+                tab.atom_char.push_back(c)
+                tab.atom_min.push_back(mn)
+                tab.atom_max.push_back(mx)
+    tab.alt_off.push_back(<Py_ssize_t> tab.atom_off.size())
+    tab.atom_off.push_back(<Py_ssize_t> tab.atom_char.size())
+    tab.chars.push_back(0)   # keeps chars[off] valid for empty separators
+    return tab
+
+
+@cython.final
+@cython.no_gc
 cdef class _Splitter:
+    # --- the document being split (splitter side) ---
     cdef const void* data
     cdef int kind
     cdef Py_ssize_t n
+    # --- all documents of the call ---
+    cdef Py_ssize_t ndocs
+    cdef vector[const void*] d_data
+    cdef vector[int] d_kind
+    cdef vector[Py_ssize_t] d_n
+    cdef vector[char] d_ascii
+    # --- parameters ---
     cdef Py_ssize_t chunk_size
     cdef Py_ssize_t overlap
     cdef int keep
     cdef int nseps
-    cdef vector[Py_UCS4] sep_chars   # all separators, concatenated
-    cdef vector[Py_ssize_t] sep_off
-    cdef vector[Py_ssize_t] sep_len
-    cdef vector[char] sep_indexed    # separator made only of idx_char: searched on the index
+    cdef _Seps tab
+    cdef const Py_UCS4* sep_chars
+    cdef const Py_ssize_t* sep_off
+    cdef const Py_ssize_t* sep_mlen
+    cdef const Py_ssize_t* sep_jlen
+    cdef const char* sep_indexed
+    cdef const char* sep_regex
+    cdef const char* sep_exact
+    cdef Py_ssize_t mlen             # length of the last regex match (find_re)
+    # --- splitting state ---
     cdef vector[Piece] pieces        # stack of pending "good splits", one segment per recursion level
     cdef vector[Piece] joined        # pieces of non-contiguous chunks (keep_separator=False only)
     cdef vector[Chunk] chunks        # decided, not yet materialised (or handed over)
     cdef SageQueue[Chunk, Piece] queue
     cdef bint threaded               # chunks go to queue (splitter thread) instead of flush()
     # Index of one character (the one the leading separators are made of, "\n" by default):
-    # idx[0:idx_len] are all its positions below idx_limit, in order.
+    # idx[0:idx_len] are all its positions below idx_limit, in order. A malloc'd buffer reused
+    # across the documents of a call (never zero-filled: a zero-filled vector of n + 2 entries
+    # was 11% of the time of chunking small files one call each).
     cdef Py_UCS4 idx_char
-    cdef vector[Py_ssize_t] idx
+    cdef Py_ssize_t* idx
+    cdef Py_ssize_t idx_cap
     cdef Py_ssize_t idx_len
     cdef Py_ssize_t idx_limit
-    # Materialisation (under the GIL)
-    cdef str text
-    cdef list seps
-    cdef bint ascii
-    cdef list out
-    cdef list offsets
+    # --- materialisation (under the GIL), document m_doc ---
+    cdef list texts
+    cdef list outs
+    cdef list offs
+    cdef Py_ssize_t m_doc
+    cdef str m_text
+    cdef const void* m_data
+    cdef int m_kind
+    cdef bint m_ascii
+    cdef list m_out
+    cdef list m_offsets
     cdef object error
+
+    def __dealloc__(self):
+        _give_idx(self.idx, self.idx_cap)
+
+    cdef void start_doc(self, Py_ssize_t i) noexcept nogil:
+        self.data = self.d_data[i]
+        self.kind = self.d_kind[i]
+        self.n = self.d_n[i]
+        self.idx_len = 0
+        self.idx_limit = 0
+
+    cdef void end_doc(self) noexcept nogil:
+        self.push_chunk(0, 0, -2, -2, 0)
+
+    cdef int load_doc(self, Py_ssize_t i) except -1:
+        self.m_doc = i
+        if i >= self.ndocs:
+            return 0
+        self.m_text = self.texts[i]
+        self.m_data = self.d_data[i]
+        self.m_kind = self.d_kind[i]
+        self.m_ascii = self.d_ascii[i]
+        self.m_out = self.outs[i]
+        self.m_offsets = self.offs[i] if self.offs is not None else None
+        return 0
 
     # --- character search on the PEP 393 buffer -------------------------------------------
     cdef inline Py_ssize_t find_char(self, Py_UCS4 c, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
@@ -373,14 +703,36 @@ cdef class _Splitter:
             return -1 if hit == NULL else <Py_ssize_t> (<const wchar_t*> hit - p4)
 
     cdef Py_ssize_t find_sep(self, int si, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
-        """First occurrence of separator si fully inside [start, end), or -1 (unindexed separators)."""
-        cdef Py_ssize_t m = self.sep_len[si]
+        """First occurrence of literal separator si fully inside [start, end), or -1 (unindexed separators)."""
+        cdef Py_ssize_t m = self.sep_mlen[si]
         cdef Py_ssize_t off = self.sep_off[si]
         cdef Py_ssize_t last = end - m      # last possible start position (inclusive)
         cdef Py_ssize_t pos = start
         cdef Py_ssize_t j
         cdef Py_UCS4 first = self.sep_chars[off]
         cdef bint ok
+        cdef Py_ssize_t k
+        if first == self.idx_char and first != 0:
+            # Starts with the indexed character ("\nclass ", Markdown's literal "\n---+\n"):
+            # walk its positions instead of a memchr per occurrence.
+            k = self.idx_lower(start)
+            while True:
+                if k >= self.idx_len:
+                    if self.idx_limit > last or self.idx_limit >= self.n:
+                        return -1
+                    self.extend()
+                    continue
+                pos = self.idx[k]
+                if pos > last:
+                    return -1
+                ok = True
+                for j in range(1, m):
+                    if PyUnicode_READ(self.kind, self.data, pos + j) != self.sep_chars[off + j]:
+                        ok = False
+                        break
+                if ok:
+                    return pos
+                k += 1
         while pos <= last:
             pos = self.find_char(first, pos, last + 1)
             if pos < 0:
@@ -395,16 +747,95 @@ cdef class _Splitter:
             pos += 1
         return -1
 
+    # --- regex separators (the subset _parse_regex accepts) --------------------------------------
+    cdef Py_ssize_t match_atoms(self, Py_ssize_t t, Py_ssize_t t1, Py_ssize_t p, Py_ssize_t e) noexcept nogil:
+        """End of the match of atoms[t:t1] at p within [p, e) (greedy, backtracking), or -1."""
+        cdef Py_UCS4 c
+        cdef Py_ssize_t mn, mx, r = 0, end
+        if t == t1:
+            return p
+        c = self.tab.atom_char[t]
+        mn = self.tab.atom_min[t]
+        mx = self.tab.atom_max[t]
+        while r < mx and p + r < e and PyUnicode_READ(self.kind, self.data, p + r) == c:
+            r += 1
+        while r >= mn:
+            end = self.match_atoms(t + 1, t1, p + r, e)
+            if end >= 0:
+                return end
+            r -= 1
+        return -1
+
+    cdef Py_ssize_t find_re(self, int si, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
+        """Leftmost match of regex separator si in [s, e) (re.search): its start, and its length
+        in self.mlen; -1 if none. At one position the first matching alternative wins."""
+        cdef Py_ssize_t a0 = self.tab.alt_off[si], a1 = self.tab.alt_off[si + 1]
+        cdef Py_ssize_t fc = self.tab.first[si]
+        cdef Py_ssize_t p = s, a, end, k
+        cdef Py_ssize_t t0, t1
+        if fc >= 0 and <Py_UCS4> fc == self.idx_char and self.idx_char != 0:
+            # Every match starts with the indexed character (Markdown's "\n#{1,6} ", "\n---+\n"):
+            # walk its positions, checking the second atom inline before backtracking.
+            k = self.idx_lower(s)
+            while True:
+                if k >= self.idx_len:
+                    if self.idx_limit >= e or self.idx_limit >= self.n:
+                        return -1
+                    self.extend()
+                    continue
+                p = self.idx[k]
+                if p >= e:
+                    return -1
+                for a in range(a0, a1):
+                    t0 = self.tab.atom_off[a]
+                    t1 = self.tab.atom_off[a + 1]
+                    if (t1 - t0 >= 2 and self.tab.atom_max[t0] == 1 and self.tab.atom_min[t0 + 1] > 0 and
+                            (p + 1 >= e or PyUnicode_READ(self.kind, self.data, p + 1) != self.tab.atom_char[t0 + 1])):
+                        continue
+                    end = self.match_atoms(t0, t1, p, e)
+                    if end > p:
+                        self.mlen = end - p
+                        return p
+                k += 1
+        while p < e:
+            if fc >= 0:
+                p = self.find_char(<Py_UCS4> fc, p, e)
+                if p < 0:
+                    return -1
+            for a in range(a0, a1):
+                end = self.match_atoms(self.tab.atom_off[a], self.tab.atom_off[a + 1], p, e)
+                if end > p:
+                    self.mlen = end - p
+                    return p
+            p += 1
+        return -1
+
     # --- the character index -----------------------------------------------------------------
     cdef void extend(self) noexcept nogil:
         """Index the next slab of the text (idx_limit < n)."""
         cdef Py_ssize_t stop = self.idx_limit + SCAN_SLAB
+        cdef Py_ssize_t need, cap
+        cdef Py_ssize_t* grown
         if stop > self.n:
             stop = self.n
-        if <Py_ssize_t> self.idx.size() < self.idx_len + (stop - self.idx_limit) + 2:
-            self.idx.resize(2 * (self.idx_len + (stop - self.idx_limit)) + 2)
+        need = self.idx_len + (stop - self.idx_limit) + 2
+        if self.idx_cap < need:
+            cap = 2 * self.idx_cap
+            if cap < need:
+                cap = need
+            grown = <Py_ssize_t*> malloc(<size_t> cap * sizeof(Py_ssize_t))
+            if grown == NULL:
+                # Out of memory: index nothing more; searches of indexed separators stop here
+                # (the caller's string building fails on the same condition soon after).
+                self.idx_limit = self.n
+                return
+            if self.idx_len:
+                memcpy(grown, self.idx, <size_t> self.idx_len * sizeof(Py_ssize_t))
+            free(self.idx)
+            self.idx = grown
+            self.idx_cap = cap
         self.idx_len = sage_scan_char(self.kind, self.data, self.idx_limit, stop, self.idx_char,
-                                      self.idx.data(), self.idx_len)
+                                      self.idx, self.idx_len)
         self.idx_limit = stop
 
     cdef Py_ssize_t idx_lower(self, Py_ssize_t s) noexcept nogil:
@@ -453,15 +884,17 @@ cdef class _Splitter:
         cdef int chosen = -1
         cdef int next_level = self.nseps
         cdef int i
-        cdef bint indexed = False
+        cdef bint indexed = False, regex = False
         cdef Py_ssize_t occ = -1, k = -1
-        cdef Py_ssize_t m, p, ps, nxt, base
+        cdef Py_ssize_t m = 0, p, ps, nxt, base
         for i in range(level, self.nseps):
-            if self.sep_len[i] == 0:
+            if self.sep_regex[i]:
+                occ = self.find_re(i, s, e)
+            elif self.sep_mlen[i] == 0:
                 chosen = i
                 break
-            if self.sep_indexed[i]:
-                k = self.idx_find(self.sep_len[i], self.idx_lower(s), e)
+            elif self.sep_indexed[i]:
+                k = self.idx_find(self.sep_mlen[i], self.idx_lower(s), e)
                 occ = self.idx[k] if k >= 0 else -1
             else:
                 occ = self.find_sep(i, s, e)
@@ -469,18 +902,19 @@ cdef class _Splitter:
                 chosen = i
                 next_level = i + 1
                 indexed = self.sep_indexed[i]
+                regex = self.sep_regex[i]
                 break
         if chosen < 0:
             # No separator occurs: LangChain splits on separators[-1], which yields the whole range.
             chosen = self.nseps - 1
             occ = -1
         base = <Py_ssize_t> self.pieces.size()
-        m = self.sep_len[chosen]
-        if m == 0:
-            for p in range(s, e):
-                self.take_piece(p, p + 1, base, chosen, next_level)
-        elif occ < 0:
-            if e > s:
+        m = self.mlen if regex else self.sep_mlen[chosen]
+        if occ < 0:
+            if self.sep_mlen[chosen] == 0 and not self.sep_regex[chosen]:
+                for p in range(s, e):
+                    self.take_piece(p, p + 1, base, chosen, next_level)
+            elif e > s:
                 self.take_piece(s, e, base, chosen, next_level)
         else:
             ps = s
@@ -501,6 +935,9 @@ cdef class _Splitter:
                     # take_piece may have extended the index but never reorders it: k stays valid
                     k = self.idx_find(m, k + m, e)
                     occ = self.idx[k] if k >= 0 else -1
+                elif regex:
+                    occ = self.find_re(chosen, nxt, e)
+                    m = self.mlen
                 else:
                     occ = self.find_sep(chosen, nxt, e)
             if e > ps:
@@ -510,30 +947,21 @@ cdef class _Splitter:
 
     cdef inline void take_piece(self, Py_ssize_t ps, Py_ssize_t pe, Py_ssize_t base, int chosen,
                                 int next_level) noexcept nogil:
-        cdef Piece piece
-        cdef Chunk raw
         if pe - ps < self.chunk_size:
-            piece.start = ps
-            piece.end = pe
-            self.pieces.push_back(piece)
+            sage_push_piece(self.pieces, ps, pe)
             return
         if <Py_ssize_t> self.pieces.size() > base:
             self.merge(base, chosen)
         if next_level >= self.nseps:
             # Too long and no finer separator left: LangChain emits it as is (not stripped).
-            raw.start = ps
-            raw.end = pe
-            raw.plo = -1
-            raw.phi = -1
-            raw.sep = 0
-            self.push_chunk(raw)
+            self.push_chunk(ps, pe, -1, -1, 0)
         else:
             self.split_range(ps, pe, next_level)
 
     # --- LangChain's _merge_splits on pieces[base:] -----------------------------------------
     cdef void merge(self, Py_ssize_t base, int chosen) noexcept nogil:
         cdef Py_ssize_t n = <Py_ssize_t> self.pieces.size()
-        cdef Py_ssize_t ms = 0 if self.keep != KEEP_NONE else self.sep_len[chosen]
+        cdef Py_ssize_t ms = 0 if self.keep != KEEP_NONE else self.sep_jlen[chosen]
         cdef Py_ssize_t lo = base
         cdef Py_ssize_t total = 0
         cdef Py_ssize_t i, length
@@ -554,23 +982,22 @@ cdef class _Splitter:
 
     cdef void emit(self, Py_ssize_t lo, Py_ssize_t hi, int chosen, Py_ssize_t ms) noexcept nogil:
         """_join_docs: join pieces[lo:hi], strip whitespace, drop if empty."""
-        cdef Chunk c
-        cdef Py_ssize_t j, a, b
+        cdef Py_ssize_t j, a, b, plo
         cdef bint contiguous = True
-        if ms > 0:
-            for j in range(lo, hi - 1):
-                if self.pieces[j + 1].start - self.pieces[j].end != ms:
-                    contiguous = False
-                    break
+        if ms > 0 and hi - lo > 1:
+            if not self.sep_exact[chosen]:
+                # the join string (a regex's pattern) is not the text between the pieces
+                contiguous = False
+            else:
+                for j in range(lo, hi - 1):
+                    if self.pieces[j + 1].start - self.pieces[j].end != ms:
+                        contiguous = False
+                        break
         if not contiguous:
-            c.start = -1
-            c.end = -1
-            c.plo = <Py_ssize_t> self.joined.size()
+            plo = <Py_ssize_t> self.joined.size()
             for j in range(lo, hi):
                 self.joined.push_back(self.pieces[j])
-            c.phi = <Py_ssize_t> self.joined.size()
-            c.sep = chosen
-            self.push_chunk(c)
+            self.push_chunk(-1, -1, plo, <Py_ssize_t> self.joined.size(), chosen)
             return
         a = self.pieces[lo].start
         b = self.pieces[hi - 1].end
@@ -579,17 +1006,13 @@ cdef class _Splitter:
         while b > a and Py_UNICODE_ISSPACE(PyUnicode_READ(self.kind, self.data, b - 1)):
             b -= 1
         if a < b:
-            c.start = a
-            c.end = b
-            c.plo = -1
-            c.phi = -1
-            c.sep = chosen
-            self.push_chunk(c)
+            self.push_chunk(a, b, -1, -1, chosen)
 
     # No Python local may live in these two nogil functions: Cython would take the GIL at every
     # exit to release it (once per chunk, and on the splitter thread a GIL state each time).
-    cdef inline void push_chunk(self, Chunk c) noexcept nogil:
-        self.chunks.push_back(c)
+    cdef inline void push_chunk(self, Py_ssize_t start, Py_ssize_t end, Py_ssize_t plo, Py_ssize_t phi,
+                                int sep) noexcept nogil:
+        sage_push_chunk(self.chunks, start, end, plo, phi, sep)
         if <Py_ssize_t> self.chunks.size() >= FLUSH_CHUNKS:
             self.hand_over()
 
@@ -631,26 +1054,32 @@ cdef class _Splitter:
         cdef Chunk c
         cdef Py_ssize_t j, pos, lead, ci, plen
         cdef str joined, stripped, sep
-        cdef list out = self.out
-        cdef list offsets = self.offsets
-        cdef str text = self.text
+        cdef list out = self.m_out
+        cdef list offsets = self.m_offsets
         for ci in range(<Py_ssize_t> chunks.size()):
             c = chunks[ci]
-            if c.plo < 0:
-                out.append(_substring(self.kind, self.data, self.ascii, c.start, c.end))
+            if c.plo == -1:
+                out.append(_substring(self.m_kind, self.m_data, self.m_ascii, c.start, c.end))
                 if offsets is not None:
                     offsets.append(c.start)
                 continue
-            # keep_separator=False and a run of separators was dropped between pieces: build the join.
-            sep = self.seps[c.sep]
-            parts = [PyUnicode_Substring(text, joined_pieces[j].start, joined_pieces[j].end) for j in range(c.plo, c.phi)]
+            if c.plo == -2:
+                # end of a document: the next chunks are the next one's
+                self.load_doc(self.m_doc + 1)
+                out = self.m_out
+                offsets = self.m_offsets
+                continue
+            # keep_separator=False and a run of separators was dropped between pieces (or the
+            # separator is a regex): build LangChain's join.
+            sep = self.tab.joins[c.sep]
+            parts = [PyUnicode_Substring(self.m_text, joined_pieces[j].start, joined_pieces[j].end) for j in range(c.plo, c.phi)]
             joined = sep.join(parts)
             stripped = joined.strip()
             if not stripped:
                 continue
             out.append(stripped)
             if offsets is not None:
-                # Where the chunk's first character comes from in `text`.
+                # Where the chunk's first character comes from in the text.
                 lead = len(joined) - len(joined.lstrip())
                 pos = joined_pieces[c.plo].start
                 for j in range(c.plo, c.phi):
@@ -677,64 +1106,101 @@ cdef int _keep_mode(object keep_separator) except -1:
     raise ValueError(f"keep_separator must be True, False, 'start' or 'end', got {keep_separator!r}")
 
 
-cdef list _run(object text, object chunk_size, object chunk_overlap, object separators,
-               object keep_separator, list offsets):
-    if not isinstance(text, str):
-        raise ValueError(f"text must be a str, got {type(text).__name__}")
-    for name, value in (("chunk_size", chunk_size), ("chunk_overlap", chunk_overlap)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+cdef int _check_sizes(object chunk_size, object chunk_overlap) except -1:
+    if type(chunk_size) is not int and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)):
+        raise ValueError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
+    if type(chunk_overlap) is not int and (isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int)):
+        raise ValueError(f"chunk_overlap must be an int, got {type(chunk_overlap).__name__}")
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
     if chunk_overlap < 0:
         raise ValueError(f"chunk_overlap must be >= 0, got {chunk_overlap}")
     if chunk_overlap >= chunk_size:
         raise ValueError(f"chunk_overlap must be < chunk_size, got overlap {chunk_overlap} >= size {chunk_size}")
-    if separators is None or (isinstance(separators, (list, tuple)) and len(separators) == 0):
-        separators = DEFAULT_SEPARATORS     # LangChain: `separators or [...]`
-    if not isinstance(separators, (list, tuple)) or not all(isinstance(s, str) for s in separators):
-        raise ValueError("separators must be a list of str")
+    return 0
+
+
+# One index buffer is kept between calls (taken and given back under the GIL): a fresh one per
+# call of more than 128 KiB came from mmap, and its page faults cost more than the scan.
+cdef Py_ssize_t* _IDX_SPARE = NULL
+cdef Py_ssize_t _IDX_SPARE_CAP = 0
+cdef Py_ssize_t IDX_KEEP_MAX = 1 << 20      # entries (8 MiB of address space, mostly untouched)
+
+
+cdef inline void _take_idx(_Splitter sp):
+    global _IDX_SPARE, _IDX_SPARE_CAP
+    sp.idx = _IDX_SPARE
+    sp.idx_cap = _IDX_SPARE_CAP
+    _IDX_SPARE = NULL
+    _IDX_SPARE_CAP = 0
+
+
+cdef inline void _give_idx(Py_ssize_t* idx, Py_ssize_t cap):
+    global _IDX_SPARE, _IDX_SPARE_CAP
+    if idx == NULL:
+        return
+    if cap > IDX_KEEP_MAX or cap <= _IDX_SPARE_CAP:
+        free(idx)
+        return
+    free(_IDX_SPARE)
+    _IDX_SPARE = idx
+    _IDX_SPARE_CAP = cap
+
+
+cdef _Splitter _run(list texts, object chunk_size, object chunk_overlap, object separators,
+                    object keep_separator, bint is_regex, bint with_offsets):
+    """Chunk every text of texts (str, checked here) into sp.outs (and offsets into sp.offs)."""
+    cdef object text
+    for text in texts:
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a str, got {type(text).__name__}")
+    _check_sizes(chunk_size, chunk_overlap)
+    cdef _Seps tab = _prepare(separators, is_regex)
+    cdef int keep = _keep_mode(keep_separator)
 
     cdef _Splitter sp = _Splitter()
-    PyUnicode_READY(text)
-    sp.text = text
-    sp.seps = list(separators)
-    sp.kind = PyUnicode_KIND(text)
-    sp.data = PyUnicode_DATA(text)
-    sp.ascii = PyUnicode_IS_ASCII(text)
-    sp.n = PyUnicode_GET_LENGTH(text)
-    sp.out = []
-    sp.offsets = offsets
+    _take_idx(sp)
+    cdef Py_ssize_t nd = len(texts), i, total = 0
+    sp.ndocs = nd
+    sp.texts = texts
+    if nd == 1:
+        sp.outs = [[]]
+        sp.offs = [[]] if with_offsets else None
+    else:
+        sp.outs = [[] for _ in range(nd)]
+        sp.offs = [[] for _ in range(nd)] if with_offsets else None
+    sp.d_data.reserve(nd)
+    sp.d_kind.reserve(nd)
+    sp.d_n.reserve(nd)
+    sp.d_ascii.reserve(nd)
+    for text in texts:
+        PyUnicode_READY(text)
+        sp.d_data.push_back(PyUnicode_DATA(text))
+        sp.d_kind.push_back(PyUnicode_KIND(text))
+        sp.d_n.push_back(PyUnicode_GET_LENGTH(text))
+        sp.d_ascii.push_back(PyUnicode_IS_ASCII(text))
+        total += PyUnicode_GET_LENGTH(text)
     sp.error = None
     sp.chunk_size = chunk_size
     sp.overlap = chunk_overlap
-    sp.keep = _keep_mode(keep_separator)
-    sp.nseps = len(separators)
-    cdef str sep
-    cdef Py_ssize_t total = 0
-    cdef bint have_idx = False
-    cdef char flag
-    for sep in separators:
-        sp.sep_off.push_back(total)
-        sp.sep_len.push_back(len(sep))
-        for ch in sep:
-            sp.sep_chars.push_back(ord(ch))
-        total += len(sep)
-        # The first separator made of one repeated character chooses the indexed character.
-        if sep and sep == sep[0] * len(sep) and not have_idx:
-            sp.idx_char = ord(sep[0])
-            have_idx = True
-        flag = 1 if have_idx and len(sep) > 0 and sep == chr(sp.idx_char) * len(sep) else 0
-        sp.sep_indexed.push_back(flag)
-    sp.sep_chars.push_back(0)   # keeps sep_chars[off] valid for empty separators
-    sp.idx_len = 0
-    if not have_idx:
-        sp.idx_char = 0
-    sp.idx_limit = 0
+    sp.keep = keep
+    sp.tab = tab
+    sp.nseps = tab.nseps
+    sp.sep_chars = tab.chars.data()
+    sp.sep_off = tab.off.data()
+    sp.sep_mlen = tab.mlen.data()
+    sp.sep_jlen = tab.jlen.data()
+    sp.sep_indexed = tab.indexed.data()
+    sp.sep_regex = tab.regex.data()
+    sp.sep_exact = tab.exact_join.data()
+    sp.idx_char = tab.idx_char
+    sp.load_doc(0)
+    if nd == 0:
+        return sp
     cdef void* thread = NULL
     cdef vector[Chunk] dropped          # the splitter thread still owns sp.chunks, sp.joined
     cdef vector[Piece] dropped_pieces
-    if THREADS > 1 and sp.n >= PARALLEL_MIN_CHARS:
+    if THREADS > 1 and total >= PARALLEL_MIN_CHARS:
         sp.threaded = True
         thread = sage_thread_start(<sage_thread_fn> _produce, <void*> sp)
         if thread != NULL:
@@ -747,19 +1213,29 @@ cdef list _run(object text, object chunk_size, object chunk_overlap, object sepa
                     while sp.queue.pop(dropped, dropped_pieces) > 0:
                         pass
                     sage_thread_join(thread)
-            return sp.out
+            return sp
         sp.threaded = False
     with nogil:
-        sp.split_range(0, sp.n, 0)
+        for i in range(nd):
+            sp.start_doc(i)
+            sp.split_range(0, sp.n, 0)
+            sp.end_doc()
     if sp.error is not None:
         raise sp.error
     sp.flush()
-    return sp.out
+    return sp
 
 
 cdef void _produce(_Splitter sp) noexcept nogil:
-    """The splitter thread: decide every chunk, hand the batches over, then say so."""
-    sp.split_range(0, sp.n, 0)
+    """The splitter thread: decide every chunk of every document, hand the batches over, then
+    say so."""
+    cdef Py_ssize_t i
+    for i in range(sp.ndocs):
+        if sp.queue.is_stopped():
+            break
+        sp.start_doc(i)
+        sp.split_range(0, sp.n, 0)
+        sp.end_doc()
     if sp.chunks.size() > 0:
         sp.queue.push(sp.chunks, sp.joined)
     sp.queue.finish()
@@ -832,6 +1308,8 @@ cdef object _substring(int kind, const void* data, bint ascii, Py_ssize_t a, Py_
     return res
 
 
+
+
 def _set_tuning(Py_ssize_t scan_slab=65536, Py_ssize_t flush_chunks=256):
     """Test/benchmark knob: index scan_slab code points at a time, materialise every flush_chunks
     decided chunks. Results never depend on these; tests set them small to exercise the seams."""
@@ -842,8 +1320,9 @@ def _set_tuning(Py_ssize_t scan_slab=65536, Py_ssize_t flush_chunks=256):
 
 def _set_threads(threads=None, Py_ssize_t min_chars=262144):
     """Test/benchmark knob: 1 runs everything on the calling thread, 2 (the default when the
-    process may use two CPUs) decides the chunks on a second thread for texts of at least
-    min_chars code points. None restores the default. Results never depend on these."""
+    process may use two CPUs) decides the chunks on a second thread for texts (or batches of
+    texts) of at least min_chars code points. None restores the default. Results never depend
+    on these."""
     global THREADS, PARALLEL_MIN_CHARS
     THREADS = _default_threads() if threads is None else max(1, min(2, int(threads)))
     PARALLEL_MIN_CHARS = max(0, min_chars)
@@ -861,24 +1340,54 @@ def _default_threads():
 THREADS = _default_threads()
 
 
-def chunk_text(text, chunk_size, chunk_overlap, separators=None, keep_separator=True):
-    """chunk_text(text: str, chunk_size: int, chunk_overlap: int, separators: list[str] | None = None, keep_separator: bool | str = True) -> list[str]
+def chunk_text(text, chunk_size, chunk_overlap, separators=None, keep_separator=True, is_separator_regex=False):
+    """chunk_text(text: str, chunk_size: int, chunk_overlap: int, separators: Sequence[str | re.Pattern[str]] | None = None, keep_separator: bool | str = True, is_separator_regex: bool = False) -> list[str]
 
     The chunks of ``RecursiveCharacterTextSplitter(chunk_size=..., chunk_overlap=...,
-    separators=..., keep_separator=...).split_text(text)`` (length = ``len``, literal separators,
-    whitespace stripped). Raises ValueError on bad arguments (including overlap >= size).
+    separators=..., keep_separator=..., is_separator_regex=...).split_text(text)`` (length =
+    ``len``, whitespace stripped). A ``re.Pattern`` separator is a regex, a str one a literal
+    unless is_separator_regex; regexes are limited to characters, ``? * + {m,n}`` and ``|``
+    (``MARKDOWN_SEPARATORS`` gives LangChain's Markdown splitting). Raises ValueError on bad
+    arguments (including overlap >= size and unsupported regexes).
     """
-    return _run(text, chunk_size, chunk_overlap, separators, keep_separator, None)
+    return _run([text], chunk_size, chunk_overlap, separators, keep_separator, is_separator_regex, False).outs[0]
 
 
-def chunk_text_with_offsets(text, chunk_size, chunk_overlap, separators=None, keep_separator=True):
-    """chunk_text_with_offsets(text: str, chunk_size: int, chunk_overlap: int, separators: list[str] | None = None, keep_separator: bool | str = True) -> tuple[list[str], list[int]]
+def chunk_text_with_offsets(text, chunk_size, chunk_overlap, separators=None, keep_separator=True, is_separator_regex=False):
+    """chunk_text_with_offsets(text: str, chunk_size: int, chunk_overlap: int, separators: Sequence[str | re.Pattern[str]] | None = None, keep_separator: bool | str = True, is_separator_regex: bool = False) -> tuple[list[str], list[int]]
 
     Like chunk_text, plus the start offset of each chunk in ``text``. With keep_separator true
     (the default) ``text[off:off + len(chunk)] == chunk``; with keep_separator=False a chunk may
-    join pieces across a run of separators and the offset is where its first character is.
+    join pieces across a run of separators and the offset is where its first character is (with
+    a regex separator, whose pattern LangChain inserts between pieces, where the first piece is).
     """
-    offsets = []
-    chunks = _run(text, chunk_size, chunk_overlap, separators, keep_separator, offsets)
-    return chunks, offsets
+    cdef _Splitter sp = _run([text], chunk_size, chunk_overlap, separators, keep_separator, is_separator_regex, True)
+    return sp.outs[0], sp.offs[0]
+
+
+cdef list _as_text_list(object texts):
+    if isinstance(texts, (str, bytes)):
+        raise ValueError(f"texts must be a list of str, got {type(texts).__name__}")
+    return texts if type(texts) is list else list(texts)
+
+
+def chunk_texts(texts, chunk_size, chunk_overlap, separators=None, keep_separator=True, is_separator_regex=False):
+    """chunk_texts(texts: Iterable[str], chunk_size: int, chunk_overlap: int, separators: Sequence[str | re.Pattern[str]] | None = None, keep_separator: bool | str = True, is_separator_regex: bool = False) -> list[list[str]]
+
+    ``[chunk_text(t, ...) for t in texts]`` in one call: the arguments are checked and the
+    separators prepared once, and where the texts together are long enough the splitter thread
+    decides the chunks of the next documents while the calling thread builds the strings of the
+    previous ones. Raises the ValueErrors of chunk_text (a text that is not a str included)
+    before chunking anything.
+    """
+    return _run(_as_text_list(texts), chunk_size, chunk_overlap, separators, keep_separator, is_separator_regex, False).outs
+
+
+def chunk_texts_with_offsets(texts, chunk_size, chunk_overlap, separators=None, keep_separator=True, is_separator_regex=False):
+    """chunk_texts_with_offsets(texts: Iterable[str], chunk_size: int, chunk_overlap: int, separators: Sequence[str | re.Pattern[str]] | None = None, keep_separator: bool | str = True, is_separator_regex: bool = False) -> tuple[list[list[str]], list[list[int]]]
+
+    chunk_texts plus, for each text, the offsets chunk_text_with_offsets gives.
+    """
+    cdef _Splitter sp = _run(_as_text_list(texts), chunk_size, chunk_overlap, separators, keep_separator, is_separator_regex, True)
+    return sp.outs, sp.offs
 

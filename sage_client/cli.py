@@ -14,7 +14,7 @@ from typing import Any
 
 from sage_client import service
 from sage_client._version import __version__
-from sage_client.output import human_bytes, human_duration, key_values, print_json, table
+from sage_client.output import human_bytes, human_duration, key_values, print_json, print_json_line, table
 from sage_client.protocol import JOB_STATES, POLICY_NAMES, ErrorCode
 from sage_client.rpc import DaemonNotRunning, RpcCallError, RpcClient
 
@@ -126,6 +126,18 @@ def cmd_version(client: RpcClient, args: argparse.Namespace) -> int:
 
 @command("models")
 def cmd_models(client: RpcClient, args: argparse.Namespace) -> int:
+    if args.available:
+        available = client.call("models.available")
+        found = available.models
+        if args.json:
+            print_json(available)
+            return EXIT_OK
+        if not found:
+            print("no models on disk: `sagectl pull hf:OWNER/REPO` fetches one (or set [paths].models_dir)")
+            return EXIT_OK
+        rows = [(m.name, m.kind, human_bytes(m.size_bytes), m.quant or "-", "yes" if m.added else "no", m.where, m.path) for m in found]
+        print(table(["NAME", "KIND", "SIZE", "QUANT", "ADDED", "WHERE", "PATH"], rows))
+        return EXIT_OK
     result = client.call("models")
     if args.json:
         print_json(result)
@@ -133,6 +145,137 @@ def cmd_models(client: RpcClient, args: argparse.Namespace) -> int:
     rows = [(m.id, m.kind, m.backend, m.device, m.state, m.n_ctx or "", m.dimensions or "") for m in result.models]
     print(table(["NAME", "KIND", "BACKEND", "DEVICE", "STATE", "CONTEXT", "DIMS"], rows))
     return EXIT_OK
+
+
+def _is_hub_ref(source: str) -> bool:
+    import os
+
+    return source.startswith("hf:") or (not os.path.exists(os.path.expanduser(source)) and source.count("/") in (1, 2) and not source.startswith((".", "/", "~")))
+
+
+@command("models add")
+def cmd_models_add(client: RpcClient, args: argparse.Namespace) -> int:
+    source = args.source
+    if _is_hub_ref(source):
+        pulled = _pull(client, source, args.json)
+        if pulled is None:
+            return EXIT_ERROR
+        source = pulled.path
+    params: dict[str, Any] = {"name": args.name, "source": source}
+    for key, value in (("kind", args.kind), ("n_ctx", args.ctx), ("parallel", args.parallel)):
+        if value is not None:
+            params[key] = value
+    row = client.call("models.add", params)
+    if args.json:
+        print_json_line(row) if source != args.source else print_json(row)
+    else:
+        print(f"added {row.id} ({row.kind}, {row.backend} on {row.device}): {row.reason}")
+        print(f"try it: sagectl run {row.id}" if row.kind == "llm" else f"it serves /v1/{'embeddings' if row.kind == 'embedding' else 'rerank'} as model {row.id!r}")
+    return EXIT_OK
+
+
+@command("models rm")
+def cmd_models_rm(client: RpcClient, args: argparse.Namespace) -> int:
+    removed = client.call("models.rm", {"name": args.name, "purge": args.purge})
+    if args.json:
+        print_json(removed)
+        return EXIT_OK
+    note = "; the config's model of that name is served again" if removed.restored else ""
+    purged = f"; deleted {human_bytes(removed.purged_bytes)} of downloads" if removed.purged_bytes else ""
+    print(f"removed {removed.name}{note}{purged}")
+    return EXIT_OK
+
+
+@command("models show")
+def cmd_models_show(client: RpcClient, args: argparse.Namespace) -> int:
+    detail = client.call("models.show", {"name": args.name})
+    if args.json:
+        print_json(detail)
+        return EXIT_OK
+    m = detail.model
+    rows: list[tuple[str, Any]] = [("name", m.id), ("kind", m.kind), ("backend", f"{m.backend} on {m.device}"), ("state", m.state), ("from", detail.origin)]
+    rows += [("file", detail.file or "-")]
+    if detail.size_bytes:
+        rows.append(("size", human_bytes(detail.size_bytes)))
+    for label, value in (("quant", detail.quant), ("architecture", detail.architecture)):
+        if value:
+            rows.append((label, value))
+    if detail.parameters:
+        rows.append(("parameters", f"{detail.parameters / 1e9:.2f} B" if detail.parameters >= 1e9 else f"{detail.parameters / 1e6:.0f} M"))
+    if detail.context_length:
+        rows.append(("context length", f"{detail.context_length} (trained); {m.n_ctx or '-'} here"))
+    if m.kind == "llm":
+        rows += [("chat template", "yes" if detail.chat_template else "no (completions only)"), ("tool format", detail.tool_format or "-")]
+    rows.append(("placement", m.reason))
+    print(key_values(rows))
+    return EXIT_OK
+
+
+def _pull(client: RpcClient, ref: str, as_json: bool) -> Any:
+    """Pull `ref` with a progress bar (or JSON lines); the PullResult, or None after Ctrl-C."""
+    tty = sys.stderr.isatty() and not as_json
+    try:
+        stream = client.stream("models.pull", {"ref": ref})
+        while True:
+            try:
+                event = next(stream)
+            except StopIteration as end:
+                result = end.value
+                break
+            if as_json:
+                print_json_line(event)
+                continue
+            line = _pull_line(event)
+            if tty:
+                sys.stderr.write("\r" + line + "\x1b[K")
+                sys.stderr.flush()
+    except KeyboardInterrupt:
+        print(f"\npull of {ref} interrupted; `sagectl pull {ref}` resumes it", file=sys.stderr)
+        return None
+    if tty:
+        sys.stderr.write("\n")
+    return result
+
+
+def _pull_line(event: Any) -> str:
+    total, done = event.get("total_bytes", 0), event.get("completed_bytes", 0)
+    phase = event.get("phase", "")
+    if phase != "downloading" or not total:
+        return f"{phase} {event.get('file', '')}"
+    width = 30
+    filled = int(width * done / total)
+    rate = event.get("bytes_per_s") or 0.0
+    eta = event.get("eta_s")
+    tail = f"{human_bytes(int(rate))}/s" + (f", {human_duration(eta)} left" if eta is not None else "")
+    return f"pulling [{'#' * filled}{'.' * (width - filled)}] {human_bytes(done)}/{human_bytes(total)} {done * 100 // total:3d}% {tail}"
+
+
+@command("pull")
+def cmd_pull(client: RpcClient, args: argparse.Namespace) -> int:
+    result = _pull(client, args.ref, args.json)
+    if result is None:
+        return 130
+    if args.json:
+        print_json_line(result)  # the last line of the JSON-lines progress stream
+    else:
+        print(f"pulled {result.ref}: {human_bytes(result.size_bytes)} {result.kind} model ({result.quant or result.backend}) at {result.path}")
+        print(f"serve it: sagectl models add {result.name} --from {result.ref}")
+    return EXIT_OK
+
+
+@command("run")
+def cmd_run(client: RpcClient, args: argparse.Namespace) -> int:
+    from sage_client import chat
+
+    client.call("models.show", {"name": args.model})  # an unknown model fails here, before any prompt
+
+    def connect() -> RpcClient:
+        turn = RpcClient(client.socket_path, timeout=600)
+        turn.connect()
+        return turn
+
+    prompt = " ".join(args.prompt) if args.prompt else None
+    return chat.run(connect, args.model, prompt, system=args.system, temperature=args.temperature, max_tokens=args.max_tokens)
 
 
 @command("ps")
@@ -494,7 +637,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("nodes", parents=[common], help="this host's cores, memory, GPUs, WSL2, vLLM")
     sub.add_parser("ports", parents=[common], help="the port plan, what is free, the recommendation here")
     sub.add_parser("version", parents=[common], help="client, daemon and library versions")
-    sub.add_parser("models", parents=[common], help="the configured models")
+    models = sub.add_parser("models", parents=[common], help="the served models; add, rm, show")
+    models.add_argument("--available", action="store_true", help="models on disk (Hugging Face cache, [paths].models_dir) that can be added")
+    models_sub = models.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    models_add = models_sub.add_parser("add", parents=[common], help="serve a model from now on (kept across restarts)")
+    models_add.add_argument("name")
+    models_add.add_argument("--from", dest="source", required=True, metavar="REF", help="a .gguf file, a sentence-transformers folder, a name from --available, or hf:OWNER/REPO[:QUANT] (pulled first)")
+    models_add.add_argument("--kind", choices=["llm", "embedding", "rerank"])
+    models_add.add_argument("--ctx", type=int, help="context length per sequence (tokens)")
+    models_add.add_argument("--parallel", type=int, help="sequences decoded together")
+    models_rm = models_sub.add_parser("rm", parents=[common], help="stop serving a model added with `models add`")
+    models_rm.add_argument("name")
+    models_rm.add_argument("--purge", action="store_true", help="also delete its downloaded files")
+    models_sub.add_parser("show", parents=[common], help="file, size, quant, architecture, context, chat template, tool format").add_argument("name")
+    run = sub.add_parser("run", aliases=["chat"], parents=[common], help="chat with a model in the terminal (one-shot with a prompt or stdin)")
+    run.add_argument("model")
+    run.add_argument("prompt", nargs="*", help="ask this and exit (else: an interactive chat; /bye leaves)")
+    run.add_argument("--system", default="", help="a system prompt")
+    run.add_argument("--temperature", type=float, default=0.8)
+    run.add_argument("--max-tokens", type=int, default=None)
+    pull = sub.add_parser("pull", parents=[common], help="download a model from the Hugging Face Hub (resumable)")
+    pull.add_argument("ref", help="hf:OWNER/REPO[:QUANT] (a GGUF repo), hf:OWNER/REPO/FILE.gguf, or hf:OWNER/REPO (sentence-transformers)")
     sub.add_parser("ps", parents=[common], help="models with their state, slots, keep-alive and placement reason")
     load = sub.add_parser("load", parents=[common], help="load a model now")
     load.add_argument("name")
@@ -545,13 +708,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command in ("run", "chat") and not any(e.startswith("-") for e in extra):
+            args.prompt = [*args.prompt, *extra]  # `sagectl run MODEL --temperature 0 words of a prompt`
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
     if args.command == "service":  # manages systemd units: no daemon needed
         return service.run(args)
-    name = args.command + (f" {args.subcommand}" if getattr(args, "subcommand", None) else "")
+    command_name = {"chat": "run"}.get(args.command, args.command)  # aliases
+    name = command_name + (f" {args.subcommand}" if getattr(args, "subcommand", None) else "")
     handler = COMMANDS.get(name)
     if handler is None:
         parser.parse_args([args.command, "--help"])

@@ -218,6 +218,8 @@ class NodeInfo(msgspec.Struct):
     is_wsl2: bool
     vllm_available: bool
     overrides: list[str] = []  # which facts come from config, not from the host
+    llamacpp_gpu: bool = False  # llama-cpp-python is a GPU (CUDA) build: llama_supports_gpu_offload()
+    engines_missing: list[str] = []  # backends whose Python package is not installed: "llamacpp", "sentence-transformers", "vllm"
 
 
 class PortInfo(msgspec.Struct):
@@ -280,6 +282,115 @@ class ModelsResult(msgspec.Struct):
 
 class ModelName(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+# -- models added, removed, pulled (sagectl models add/rm/show/--available, sagectl pull) -------------
+
+ModelRef = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+
+
+class ModelAddParams(msgspec.Struct, forbid_unknown_fields=True):
+    """`source`: a path (a .gguf file, a sentence-transformers folder), a name `models.available`
+    lists, or an `hf:` reference already pulled."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+    source: ModelRef
+    kind: ModelKind | None = None
+    n_ctx: Annotated[int, msgspec.Meta(ge=64, le=1048576)] | None = None
+    parallel: Annotated[int, msgspec.Meta(ge=1, le=256)] | None = None
+
+
+class ModelRemoveParams(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    purge: bool = False  # also delete the model's files when the daemon pulled them
+
+
+class ModelRemoved(msgspec.Struct):
+    name: str
+    restored: bool  # a config model of that name is served again
+    purged_bytes: int = 0
+
+
+class ModelDetail(msgspec.Struct):
+    """`sagectl models show NAME`."""
+
+    model: ModelRow
+    origin: str  # "config" or "models file (PATH)"
+    file: str = ""
+    size_bytes: int = 0
+    quant: str = ""
+    architecture: str = ""
+    parameters: int = 0
+    context_length: int = 0  # what the model was trained for (n_ctx is what this daemon gives it)
+    chat_template: bool = False
+    tool_format: str = ""
+
+
+class AvailableModel(msgspec.Struct):
+    name: str  # the name `sagectl models add NAME` would give it
+    path: str
+    kind: ModelKind
+    backend: str
+    size_bytes: int
+    where: str
+    quant: str = ""
+    added: bool = False  # already served under some name
+
+
+class AvailableResult(msgspec.Struct):
+    models: list[AvailableModel]
+
+
+class PullParams(msgspec.Struct, forbid_unknown_fields=True):
+    ref: ModelRef
+
+
+class PullEvent(msgspec.Struct):
+    """One progress line of `models.pull` (streamed)."""
+
+    phase: str  # resolving | downloading | verifying | done
+    file: str = ""
+    completed_bytes: int = 0
+    total_bytes: int = 0
+    bytes_per_s: float = 0.0
+    eta_s: float | None = None
+
+
+class PullResult(msgspec.Struct):
+    ref: str
+    path: str  # what to load: the first GGUF part, or the snapshot folder
+    kind: ModelKind
+    backend: str
+    size_bytes: int
+    name: str  # a suggested model name
+    quant: str = ""
+
+
+class ChatTurn(msgspec.Struct, forbid_unknown_fields=True):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatParams(msgspec.Struct, forbid_unknown_fields=True):
+    """`sagectl run MODEL`: one assistant turn, streamed as ChatDelta items."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    messages: Annotated[list[ChatTurn], msgspec.Meta(min_length=1)]
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1048576)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.8
+    seed: int | None = None
+
+
+class ChatDelta(msgspec.Struct):
+    text: str = ""
+    reasoning: str = ""
+
+
+class ChatEnd(msgspec.Struct):
+    finish_reason: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
 
 
 class QueueRow(msgspec.Struct):
@@ -478,6 +589,12 @@ METHODS: Final[dict[str, MethodSpec]] = {
     "version": MethodSpec(Empty, VersionResult),
     "models": MethodSpec(Empty, ModelsResult),
     "load": MethodSpec(ModelName, ModelRow),
+    "models.add": MethodSpec(ModelAddParams, ModelRow),
+    "models.rm": MethodSpec(ModelRemoveParams, ModelRemoved),
+    "models.show": MethodSpec(ModelName, ModelDetail),
+    "models.available": MethodSpec(Empty, AvailableResult),
+    "models.pull": MethodSpec(PullParams, PullResult, streaming=True),
+    "chat": MethodSpec(ChatParams, ChatEnd, streaming=True),
     "unload": MethodSpec(ModelName, ModelRow),
     "queue": MethodSpec(Empty, QueueResult),
     "policy.get": MethodSpec(Empty, PolicyResult),

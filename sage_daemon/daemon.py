@@ -34,18 +34,22 @@ from sage_daemon.core.lifecycle import Lifecycle
 from sage_daemon.core.logging import log, set_level
 from sage_daemon.core.memory import IdleTrimmer, trim_heap
 from sage_daemon.core.metrics import Metrics
+from sage_daemon.core.model_catalog import ModelCatalog
 from sage_daemon.core.nodes import detect_node
 from sage_daemon.core.paths import Paths, resolve_paths
 from sage_daemon.core.ports import PortInUseError, port_holder
 from sage_daemon.core.sdnotify import SystemdNotifier
 from sage_daemon.engines.base import NullGate
 from sage_daemon.engines.factory import make_factory
+from sage_daemon.engines.hub import PullManager
 from sage_daemon.engines.pool import EnginePool, Placement, estimate_memory_bytes
 from sage_daemon.engines.sources import SourceError, resolve_local_source
 from sage_daemon.http.app import create_app
+from sage_daemon.http.lean import lean_app
 from sage_daemon.http.connections import check_somaxconn, hypercorn_config, raise_nofile_limit
 from sage_daemon.http.connections import serve as serve_http
 from sage_daemon.jobs.manager import JobManager
+from sage_daemon.model_admin import ModelAdmin, hf_cache_dir
 from sage_daemon.rpc.handlers import make_handlers
 from sage_daemon.rpc.server import PeerPolicy, RpcServer, bind_unix_socket
 from sage_daemon.services import Services
@@ -176,7 +180,12 @@ class Daemon:
             host, port = http_sock.getsockname()[:2]
             node = await trio.to_thread.run_sync(detect_node, config.nodes)
             metrics = Metrics()
-            control = self.plane_factory(config, node, self.paths, metrics)
+            try:
+                catalog = ModelCatalog(self.paths.state_dir / "models.json", config.models)
+            except ConfigError as exc:
+                raise StartupError(str(exc)) from None
+            # The engines serve the config's models and those added at run time (sagectl models add).
+            control = self.plane_factory(msgspec.structs.replace(config, models=catalog.models()), node, self.paths, metrics)
             self.control = control
             services = Services(
                 loaded=self.loaded,
@@ -187,6 +196,9 @@ class Daemon:
                 metrics=metrics,
                 http_url=f"http://{'[' + host + ']' if ':' in host else host}:{port}",
             )
+            hf_cache = hf_cache_dir(config.paths.hf_cache_dir, self.paths.data_dir)
+            pulls = PullManager(hf_cache, token=os.environ.get("HF_TOKEN") or None, endpoint=os.environ.get("HF_ENDPOINT") or None)
+            services.models = ModelAdmin(catalog, control, self.paths.data_dir, hf_cache, config.paths.models_dir, pulls)
             services.jobs = JobManager(
                 config.jobs, self.paths.state_dir, self.paths.data_dir, control, node, config.control.reserved_interactive_slots,
                 stopping=lambda: self.lifecycle.state == "draining", http_url=services.http_url, socket_path=str(self.paths.socket),
@@ -205,8 +217,9 @@ class Daemon:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(control.serve)
+                    await nursery.start(pulls.run)
                     await nursery.start(services.jobs.run)
-                    await nursery.start(self._serve_http, create_app(services), hyper)
+                    await nursery.start(self._serve_http, lean_app(create_app(services), services), hyper)
                     rpc_scope = trio.CancelScope()
                     await nursery.start(self._serve_rpc, rpc, rpc_sock, rpc_scope)
                     self.lifecycle.state = "serving"

@@ -14,6 +14,7 @@ from sage_daemon.core.paths import Paths
 
 if TYPE_CHECKING:
     from sage_daemon.jobs.manager import JobManager
+    from sage_daemon.model_admin import ModelAdmin
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Services:
     http_url: str = ""
     metrics: Metrics = field(default_factory=Metrics)  # the daemon's Prometheus registry (GET /metrics)
     jobs: JobManager | None = None  # None until the job manager runs
+    models: ModelAdmin | None = None  # models added, removed, pulled at run time (None with a fake plane)
 
     @property
     def config(self) -> Config:

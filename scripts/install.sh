@@ -2,6 +2,7 @@
 # Install SAGE daemon with the CPU engines and the shipped models into ./.venv (idempotent).
 #   EXTRAS=cpu,test bash scripts/install.sh     # which extras (default: cpu)
 #   VENV=/path/to/venv bash scripts/install.sh  # where
+#   LLAMA_CUDA=auto|on|off bash scripts/install.sh  # llama.cpp with CUDA: auto = where nvcc is found
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -23,9 +24,26 @@ fi
 # Without AMX: -march=native turns AMX on where the CPU lists it, but a virtual machine may not
 # enable its tile state, and then the first prompt-sized matrix product dies with SIGILL
 # (seen on Firecracker guests). So: no -march=native; the x86 features /proc/cpuinfo lists, AMX left out.
+# With CUDA where nvcc is found (PATH or /usr/local/cuda/bin): layers offload to the GPU
+# (n_gpu_layers in [[models]]); the CPU backend is built too and keeps the flags below.
 LLAMA_SPEC="llama-cpp-python>=0.3.16"
+LLAMA_CUDA="${LLAMA_CUDA:-auto}"
+find_nvcc() {
+    command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; } || true
+}
+NVCC=""
+if [ "$LLAMA_CUDA" != off ]; then
+    NVCC="$(find_nvcc)"
+    if [ -z "$NVCC" ] && [ "$LLAMA_CUDA" = on ]; then
+        echo "LLAMA_CUDA=on but nvcc is not found (PATH, /usr/local/cuda/bin)" >&2
+        exit 1
+    fi
+fi
 llama_cmake_args() {
     local args="-DGGML_OPENMP=OFF"
+    if [ -n "$NVCC" ]; then
+        args="$args -DGGML_CUDA=on -DCMAKE_CUDA_COMPILER=$NVCC"
+    fi
     if [ "$(uname -m)" = x86_64 ] && [ -r /proc/cpuinfo ]; then
         local flags
         flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
@@ -41,11 +59,20 @@ llama_cmake_args() {
     echo "$args ${CMAKE_ARGS:-}"
 }
 if [[ ",$EXTRAS," == *",cpu,"* ]]; then
+    if [ -n "$NVCC" ]; then
+        echo "building llama-cpp-python with CUDA ($NVCC)"
+    fi
     if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
         CMAKE_ARGS="$(llama_cmake_args)" "$VENV/bin/python" -m pip install --quiet --no-cache-dir "$LLAMA_SPEC"
-    elif "$VENV/bin/python" -c "import sys, llama_cpp; info = llama_cpp.llama_print_system_info().decode(); sys.exit('OPENMP = 1' not in info and 'AMX_INT8 = 1' not in info)"; then
+    elif "$VENV/bin/python" -c "
+import sys, llama_cpp
+info = llama_cpp.llama_print_system_info().decode()
+wrong = 'OPENMP = 1' in info or 'AMX_INT8 = 1' in info
+wrong = wrong or (sys.argv[1] == 'cuda' and not llama_cpp.llama_supports_gpu_offload())  # a CPU-only build, nvcc here now
+sys.exit(not wrong)" "${NVCC:+cuda}"; then
         CMAKE_ARGS="$(llama_cmake_args)" "$VENV/bin/python" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "$LLAMA_SPEC"
     fi
 fi
 "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
-echo "installed into $VENV ($("$VENV/bin/sage-daemon" --version))"
+gpu="$("$VENV/bin/python" -c "import llama_cpp; print('GPU offload' if llama_cpp.llama_supports_gpu_offload() else 'CPU only')" 2>/dev/null || echo "not installed")"
+echo "installed into $VENV ($("$VENV/bin/sage-daemon" --version); llama.cpp: $gpu)"

@@ -58,6 +58,8 @@ class HttpConfig(_Section, frozen=True):
     # /v1/responses with store: true keeps the response (state dir, SQLite) this long, at most this many.
     responses_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 30 * 86400.0
     responses_max_rows: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10000
+    # The web dashboard at / and /ui (static files in the package) and its JSON/SSE routes under /sage/v1.
+    dashboard: bool = True
 
 
 class RpcConfig(_Section, frozen=True):
@@ -83,6 +85,8 @@ class PathsConfig(_Section, frozen=True):
 class NodesConfig(_Section, frozen=True):
     wsl2: Tristate = "auto"
     vllm: Tristate = "auto"
+    # llama-cpp-python: "auto" (detect), "gpu" (a GPU build), "cpu" (a CPU-only build), "no" (not installed).
+    llamacpp: Literal["auto", "gpu", "cpu", "no"] = "auto"
     pretend_gpus: Annotated[int, msgspec.Meta(ge=-1, le=64)] = -1
     pretend_gpu_memory_gb: Annotated[float, msgspec.Meta(gt=0)] = 24.0
 
@@ -110,6 +114,11 @@ class ModelConfig(_Section, frozen=True):
     parallel: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
     n_ctx: Annotated[int, msgspec.Meta(ge=64, le=1048576)] = 4096
     threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    # llama.cpp layers on the GPU: "auto" (as many as its free memory holds), -1 (all), 0 (none), or N.
+    n_gpu_layers: Annotated[int, msgspec.Meta(ge=-1, le=1000)] | Literal["auto"] = "auto"
+    # llama.cpp KV cache types; a quantized V cache turns flash attention on (llama.cpp needs it).
+    cache_type_k: Literal["f16", "q8_0", "q4_0"] = "f16"
+    cache_type_v: Literal["f16", "q8_0", "q4_0"] = "f16"
     keep_alive_s: float = 300.0
     chat_format: str = ""
     # How the model writes tool calls (llama.cpp engine); "": from its chat template (docs/ARCHITECTURE.md).

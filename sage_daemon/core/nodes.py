@@ -1,4 +1,6 @@
-"""Facts about this host: cores, memory, GPUs, WSL2, vLLM. Config can override them (for tests)."""
+"""Facts about this host: cores, memory, GPUs, WSL2, which engines are installed (vLLM, llama.cpp
+and whether its build can offload to a GPU, sentence-transformers). Config can override them (for tests).
+Cheap: packages are found with importlib.util.find_spec, never imported here."""
 
 from __future__ import annotations
 
@@ -8,12 +10,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
+from typing import Literal
 
 from sage_client.protocol import GpuInfo, NodeInfo
 from sage_daemon.core.config import NodesConfig
 
-__all__ = ["GpuInfo", "NodeInfo", "detect_node", "is_wsl2_host"]
+__all__ = ["GpuInfo", "NodeInfo", "current_gpus", "detect_node", "is_wsl2_host", "llamacpp_build"]
 
 
 def _meminfo() -> dict[str, int]:
@@ -99,6 +103,58 @@ def _vllm_importable() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+@functools.lru_cache(maxsize=1)
+def _sentence_transformers_importable() -> bool:
+    return importlib.util.find_spec("sentence_transformers") is not None
+
+
+_GPU_BACKEND_LIBS = ("libggml-cuda", "libggml-hip", "libggml-vulkan", "libggml-metal", "libggml-sycl", "ggml-cuda")
+
+
+@functools.lru_cache(maxsize=1)
+def llamacpp_build() -> Literal["gpu", "cpu", "no"]:
+    """Whether llama-cpp-python is installed and can offload to a GPU (llama_supports_gpu_offload()).
+
+    Without importing it where that can be avoided (a daemon serving remote models never loads
+    llama.cpp): its wheel ships one shared library per ggml backend (lib/libggml-cuda.so for CUDA).
+    Where the library layout is unknown, or llama_cpp is imported already, llama.cpp is asked."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        return "no"
+    if "llama_cpp" not in sys.modules:
+        try:
+            names = os.listdir(Path(spec.origin).parent / "lib")
+        except OSError:
+            names = []
+        if any(n.startswith(_GPU_BACKEND_LIBS) for n in names):
+            return "gpu"
+        if any(n.startswith("libggml") for n in names):
+            return "cpu"
+    try:
+        import llama_cpp
+    except Exception:  # installed but broken (a missing CUDA runtime): as good as not installed
+        return "no"
+    return "gpu" if llama_cpp.llama_supports_gpu_offload() else "cpu"
+
+
+def _detect_gpus() -> tuple[list[GpuInfo], str]:
+    for source, finder in (("nvml", _gpus_from_nvml), ("nvidia-smi", _gpus_from_nvidia_smi)):
+        found = finder()
+        if found is not None:
+            return found, source
+    return [], "none"
+
+
+def current_gpus(node: NodeInfo) -> list[GpuInfo]:
+    """The node's GPUs with their free memory read again now (pretend GPUs as configured): a model
+    loaded later fits itself to what other models and processes left."""
+    if node.gpu_source in ("nvml", "nvidia-smi"):
+        gpus, _ = _detect_gpus()
+        if gpus:
+            return gpus
+    return list(node.gpus)
+
+
 def detect_node(overrides: NodesConfig = NodesConfig()) -> NodeInfo:
     """This host's facts, with the config's overrides applied and listed."""
     notes: list[str] = []
@@ -110,12 +166,7 @@ def detect_node(overrides: NodesConfig = NodesConfig()) -> NodeInfo:
         gpu_source = "config"
         notes.append(f"gpus: {overrides.pretend_gpus} from config nodes.pretend_gpus")
     else:
-        gpus, gpu_source = [], "none"
-        for source, finder in (("nvml", _gpus_from_nvml), ("nvidia-smi", _gpus_from_nvidia_smi)):
-            found = finder()
-            if found is not None:
-                gpus, gpu_source = found, source
-                break
+        gpus, gpu_source = _detect_gpus()
 
     wsl2 = is_wsl2_host()
     if overrides.wsl2 != "auto":
@@ -126,6 +177,11 @@ def detect_node(overrides: NodesConfig = NodesConfig()) -> NodeInfo:
     if overrides.vllm != "auto":
         vllm = overrides.vllm == "yes"
         notes.append(f"vllm: {overrides.vllm} from config nodes.vllm")
+
+    llamacpp = llamacpp_build() if overrides.llamacpp == "auto" else overrides.llamacpp
+    if overrides.llamacpp != "auto":
+        notes.append(f"llamacpp: {overrides.llamacpp} from config nodes.llamacpp")
+    missing = [name for name, present in (("llamacpp", llamacpp != "no"), ("sentence-transformers", _sentence_transformers_importable()), ("vllm", vllm)) if not present]
 
     return NodeInfo(
         hostname=socket.gethostname(),
@@ -138,4 +194,6 @@ def detect_node(overrides: NodesConfig = NodesConfig()) -> NodeInfo:
         is_wsl2=wsl2,
         vllm_available=vllm,
         overrides=notes,
+        llamacpp_gpu=llamacpp == "gpu",
+        engines_missing=missing,
     )

@@ -24,7 +24,7 @@ from sage_daemon.engines.base import (
     RerankResult,
     StepGate,
 )
-from sage_daemon.engines.sentence_transformers import SentenceTransformersSpec, TorchWorker, _yield_points, force_hf_offline
+from sage_daemon.engines.sentence_transformers import SentenceTransformersSpec, TorchWorker, _yield_points, quiet_hf_logs
 
 # As for embeddings (sentence_transformers.CHARS_PER_TOKEN_BOUND): a document is cut to this many
 # characters per token the model reads before the tokenizer sees it, so a megabyte-long document
@@ -72,7 +72,7 @@ class CrossEncoderEngine(TorchWorker):
         self._state, self._detail = EngineState.READY, f"cross-encoder, max {self.max_seq_length} tokens per pair on {self.device}"
 
     def _load_blocking(self) -> Any:
-        force_hf_offline()
+        quiet_hf_logs()
         import torch
         from sentence_transformers import CrossEncoder
 

@@ -3,6 +3,7 @@ serves only remote models never imports torch or llama.cpp."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ import trio
 
 from sage_client.protocol import NodeInfo
 from sage_daemon.core.config import Config, ControlConfig, ModelConfig
+from sage_daemon.core.logging import log
 from sage_daemon.engines.base import Engine, StepGate
 from sage_daemon.engines.pool import EngineFactory, Placement
 from sage_daemon.engines.sources import resolve_local_source
@@ -27,6 +29,32 @@ def engine_threads(control: ControlConfig, node: NodeInfo, kind: str, configured
     return node.cpu_count if control.cpu_sharing == "interleave" else max(1, node.cpu_count // 2)
 
 
+def llamacpp_gpu_layers(model: ModelConfig, placement: Placement, model_path: Path, node: NodeInfo) -> tuple[int, str]:
+    """llama.cpp's n_gpu_layers for `model` now, and why: fitted (gpu_fit) to the GPU's free memory
+    as read at load time, from the GGUF's header. 0 where the placement is the CPU."""
+    if not placement.device.startswith("cuda:"):
+        return 0, placement.reason
+    from sage_daemon.core.nodes import current_gpus
+    from sage_daemon.engines.gguf_info import GgufError, model_facts, read_gguf_info
+    from sage_daemon.engines.gpu_fit import fit_gpu_layers
+
+    index = int(placement.device.split(":")[1])
+    gpu = next((g for g in current_gpus(node) if g.index == index), None)
+    try:
+        facts = model_facts(read_gguf_info(model_path))
+    except (OSError, GgufError) as exc:
+        layers = 0 if model.n_gpu_layers == "auto" else model.n_gpu_layers
+        return layers, f"cannot read the GGUF header of {model_path} ({exc}): n_gpu_layers = {layers}"
+    if gpu is None:
+        return 0, f"GPU {index} is gone: all layers on the CPU"
+    fit = fit_gpu_layers(
+        facts, free_bytes=gpu.memory_free_bytes, total_bytes=gpu.memory_total_bytes, gpu_index=index,
+        n_ctx=model.n_ctx, parallel=model.parallel, cache_type_k=model.cache_type_k, cache_type_v=model.cache_type_v,
+        requested=model.n_gpu_layers,
+    )  # fmt: skip
+    return fit.n_gpu_layers, fit.reason
+
+
 def make_factory(
     config: Config, node: NodeInfo, data_dir: Path, llm_gate: StepGate, embedding_gate: StepGate, nursery: Callable[[], trio.Nursery]
 ) -> EngineFactory:
@@ -37,9 +65,19 @@ def make_factory(
         if placement.backend == "llamacpp":
             from sage_daemon.engines.llamacpp import LlamaCppEngine, LlamaCppSpec
 
+            from sage_daemon.engines.gpu_fit import flash_attn_for
+
+            model_path = resolve_local_source(model.sources.llamacpp, data_dir)
+            n_gpu_layers, why = llamacpp_gpu_layers(model, placement, model_path, node)
+            if placement.device.startswith("cuda:"):
+                log(logging.getLogger("sage.engines"), logging.INFO, "llama.cpp GPU offload", model=model.name, n_gpu_layers=n_gpu_layers, reason=why)
             spec = LlamaCppSpec(
                 name=model.name,
-                model_path=str(resolve_local_source(model.sources.llamacpp, data_dir)),
+                model_path=str(model_path),
+                n_gpu_layers=n_gpu_layers,
+                type_k=model.cache_type_k,
+                type_v=model.cache_type_v,
+                flash_attn=flash_attn_for(model.cache_type_v),
                 n_ctx=model.n_ctx,
                 parallel=model.parallel,
                 threads=threads,

@@ -82,14 +82,17 @@ class LlamaCppSpec(msgspec.Struct, frozen=True, kw_only=True):
     threads: int | None = None  # None: every core of the machine
     n_batch: int = 512  # tokens per decode step, shared by decoding and prefilling sequences
     chat_format: str | None = None  # a Jinja chat template overriding the GGUF's
-    flash_attn: bool | None = None  # None: llama.cpp decides
+    flash_attn: bool | None = None  # None: llama.cpp decides ("auto": on where the device supports it)
     prefix_reuse: bool = True  # copy a cached shared prompt prefix instead of prefilling it
     prefix_block_size: int = 16  # prefix-reuse granularity of the hash lookup (exact match after)
     # Tokens that finished sequences other than the newest may keep cached for reuse (None: cells
     # worth a quarter of the weights' bytes, at most n_ctx). Every decode step attends over all
     # used cells of the unified cache, so idle caches cost some speed.
     idle_cache_tokens: int | None = None
-    n_gpu_layers: int = 0
+    n_gpu_layers: int = 0  # layers offloaded to the GPU (-1: all); resolved by gpu_fit where "auto"
+    # KV cache types ("f16", "q8_0", "q4_0"); a quantized V cache needs flash_attn (gpu_fit.flash_attn_for).
+    type_k: Literal["f16", "q8_0", "q4_0"] = "f16"
+    type_v: Literal["f16", "q8_0", "q4_0"] = "f16"
     # How tool calls are written and parsed (hermes | llama3 | mistral | generic); None: from the chat template.
     tool_format: str | None = None
     # Reasoning markers whose text goes to `reasoning_content`: "auto" (<think>...</think> when the
@@ -255,6 +258,10 @@ class _Model:
             cparams.n_threads_batch = threads
             cparams.kv_unified = True  # one cell pool: shared prefixes share cells, seq_cp is cheap
             cparams.no_perf = True
+            from .gpu_fit import KV_CACHE_TYPES
+
+            cparams.type_k = KV_CACHE_TYPES[spec.type_k][0]
+            cparams.type_v = KV_CACHE_TYPES[spec.type_v][0]
             if spec.flash_attn is not None:
                 cparams.flash_attn_type = (
                     llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if spec.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -281,12 +288,13 @@ class _Model:
             self.eos = llama_cpp.llama_vocab_eos(self.vocab)
             self.eog_tokens = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
             self.eog_set = frozenset(self.eog_tokens)
-            # What one KV cell costs a decode step that attends it (f16 K and V in every layer),
-            # against the weights every step reads: sizes the idle-cache budget.
+            # What one KV cell costs a decode step that attends it (K and V in every layer, at the
+            # cache types), against the weights every step reads: sizes the idle-cache budget.
             arch = self.meta("general.architecture") or ""
             n_head = max(1, llama_cpp.llama_model_n_head(self.model))
             head_dim = int(self.meta(f"{arch}.attention.key_length") or llama_cpp.llama_model_n_embd(self.model) // n_head)
-            self.kv_bytes_per_cell = llama_cpp.llama_model_n_layer(self.model) * llama_cpp.llama_model_n_head_kv(self.model) * head_dim * 2 * 2
+            kv_element_bytes = KV_CACHE_TYPES[spec.type_k][1] + KV_CACHE_TYPES[spec.type_v][1]
+            self.kv_bytes_per_cell = int(llama_cpp.llama_model_n_layer(self.model) * llama_cpp.llama_model_n_head_kv(self.model) * head_dim * kv_element_bytes)
             self.weights_bytes = int(llama_cpp.llama_model_size(self.model))
             template = llama_cpp.llama_model_chat_template(self.model, None)
             self.gguf_chat_template = template.decode("utf-8") if template else None

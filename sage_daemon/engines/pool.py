@@ -24,6 +24,7 @@ from sage_daemon.core.config import Config, ModelConfig
 from sage_daemon.core.errors import EngineUnavailableError, ModelNotFoundError
 from sage_daemon.core.logging import log
 from sage_daemon.engines.base import EmbeddingEngine, Engine, EngineState, LLMEngine, ModelInfo
+from sage_daemon.engines.gpu_fit import GpuFit, ModelFacts, fit_gpu_layers
 
 logger = logging.getLogger("sage.pool")
 
@@ -32,24 +33,43 @@ EVICTION_WAIT_S = 60.0  # how long a load waits for a busy model to go idle befo
 
 @dataclass(frozen=True)
 class Placement:
-    backend: str  # llamacpp | vllm | sentence-transformers | remote
+    backend: str  # llamacpp | vllm | sentence-transformers | remote | none (no engine here can serve it)
     device: str  # cpu | cuda:N | remote
     reason: str
+    gpu_fit: GpuFit | None = None  # llama.cpp on a GPU, when the GGUF's facts were known when placing
 
 
-def choose_placement(model: ModelConfig, node: NodeInfo, allow_vllm_on_wsl: bool, vllm_min_free_gpu_gb: float) -> Placement:
-    """Where `model` runs on this node, and why. Pure: tests force each branch with node overrides."""
+LLAMACPP_MISSING = "llama-cpp-python is not installed: pip install llama-cpp-python (or scripts/install.sh, which builds it with CUDA where nvcc is found)"
+SENTENCE_TRANSFORMERS_MISSING = "sentence-transformers is not installed: pip install sentence-transformers"
+LLAMACPP_CPU_ONLY = (
+    "the llama-cpp-python build is CPU-only; for the GPU rebuild it with CUDA: "
+    'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_OPENMP=OFF" pip install --force-reinstall --no-deps --no-cache-dir llama-cpp-python '
+    "(scripts/install.sh does it where nvcc is found)"
+)
+
+
+def choose_placement(
+    model: ModelConfig, node: NodeInfo, allow_vllm_on_wsl: bool, vllm_min_free_gpu_gb: float, gguf: ModelFacts | None = None
+) -> Placement:
+    """Where `model` runs on this node, and why. Pure: tests force each branch with node overrides.
+
+    `gguf`: the model's GGUF facts where known (gguf_info.model_facts), to fit llama.cpp's GPU
+    layers now; without them a GPU placement says the layers are fitted when the model loads."""
     if model.backend == "remote":
         return Placement("remote", "remote", f"configured remote {model.sources.remote}")
     best_gpu = max(node.gpus, key=lambda g: g.memory_free_bytes, default=None)
     if model.kind in ("embedding", "rerank"):  # torch models: sentence-transformers (CrossEncoder for rerank)
         if model.backend not in ("auto", "sentence-transformers"):
             return Placement(model.backend, "cpu", f"configured backend {model.backend}")
+        if "sentence-transformers" in node.engines_missing:
+            return Placement("none", "cpu", f"no engine can serve {model.name}: {SENTENCE_TRANSFORMERS_MISSING}")
         if best_gpu is not None:  # torch's CUDA works on WSL2 too (vLLM's port trouble is another matter)
             return Placement("sentence-transformers", f"cuda:{best_gpu.index}", f"GPU {best_gpu.index} ({best_gpu.name}) has the most free memory")
         return Placement("sentence-transformers", "cpu", "no usable GPU: sentence-transformers on the CPU")
     if model.backend == "llamacpp":
-        return Placement("llamacpp", "cpu", "configured backend llamacpp")
+        if "llamacpp" in node.engines_missing:
+            return Placement("none", "cpu", f"no engine can serve {model.name}: configured backend llamacpp, and {LLAMACPP_MISSING}")
+        return _llamacpp_placement(model, node, gguf, ["configured backend llamacpp"])
     # auto or vllm: vLLM only where it can really run; otherwise fall back to llama.cpp and say why.
     why_not: list[str] = []
     if not node.gpus:
@@ -65,8 +85,40 @@ def choose_placement(model: ModelConfig, node: NodeInfo, allow_vllm_on_wsl: bool
     if not why_not and best_gpu is not None:
         return Placement("vllm", f"cuda:{best_gpu.index}", f"GPU {best_gpu.index} ({best_gpu.name}) with {best_gpu.memory_free_bytes / 2**30:.1f} GiB free and vLLM installed")
     if not model.sources.llamacpp:
-        return Placement("vllm" if model.backend == "vllm" else "llamacpp", "cpu", "cannot place: " + "; ".join(why_not) + "; and no GGUF source for llama.cpp")
-    return Placement("llamacpp", "cpu", "CPU fallback to llama.cpp: " + "; ".join(why_not))
+        return Placement("none", "cpu", f"no engine can serve {model.name}: " + "; ".join(why_not) + "; and no GGUF source for llama.cpp")
+    if "llamacpp" in node.engines_missing:
+        return Placement("none", "cpu", f"no engine can serve {model.name}: " + "; ".join([*why_not, LLAMACPP_MISSING]))
+    return _llamacpp_placement(model, node, gguf, why_not)
+
+
+def _llamacpp_placement(model: ModelConfig, node: NodeInfo, gguf: ModelFacts | None, why: list[str]) -> Placement:
+    """llama.cpp with as many layers on the GPU as fit (n_gpu_layers), on the CPU where there is
+    no GPU, the build cannot offload, or n_gpu_layers = 0. Layers are fitted to the GPU with the
+    most free memory (llama.cpp splits them over every visible GPU by default)."""
+    gpu = max(node.gpus, key=lambda g: g.memory_free_bytes, default=None)
+    cpu_reasons = list(why)
+    if gpu is None:
+        if "no GPU found" not in cpu_reasons:
+            cpu_reasons.append("no GPU found")
+    elif model.n_gpu_layers == 0:
+        cpu_reasons.append("n_gpu_layers = 0")
+    elif not node.llamacpp_gpu:
+        cpu_reasons.append(LLAMACPP_CPU_ONLY)
+    else:
+        suffix = "".join(f"; {w}" for w in why)
+        if gguf is None:
+            layers = "as many layers as fit" if model.n_gpu_layers == "auto" else f"n_gpu_layers = {model.n_gpu_layers}"
+            free = f"{gpu.memory_free_bytes / 2**30:.1f} GiB free"
+            return Placement("llamacpp", f"cuda:{gpu.index}", f"GPU {gpu.index} ({gpu.name}, {free}): llama.cpp with {layers} (fitted when loaded){suffix}")
+        fit = fit_gpu_layers(
+            gguf, free_bytes=gpu.memory_free_bytes, total_bytes=gpu.memory_total_bytes, gpu_index=gpu.index,
+            n_ctx=model.n_ctx, parallel=model.parallel, cache_type_k=model.cache_type_k, cache_type_v=model.cache_type_v,
+            requested=model.n_gpu_layers,
+        )  # fmt: skip
+        return Placement("llamacpp", f"cuda:{gpu.index}" if fit.n_gpu_layers else "cpu", fit.reason + suffix, fit)
+    if why and why[0].startswith("configured"):
+        return Placement("llamacpp", "cpu", "; ".join(cpu_reasons) + ": llama.cpp on the CPU")
+    return Placement("llamacpp", "cpu", "CPU fallback to llama.cpp: " + "; ".join(cpu_reasons))
 
 
 EngineFactory = Callable[[ModelConfig, Placement], Engine]

@@ -70,18 +70,18 @@ class DimensionsNotSupportedError(InvalidRequestError):
         super().__init__(message, param="dimensions")
 
 
-def force_hf_offline() -> None:
-    """Make Hugging Face libraries refuse the network, even if they were imported before."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    # A daemon's log is no place for progress bars ("Loading weights: 100%|███|").
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    import sys
+def quiet_hf_logs() -> None:
+    """A daemon's log is no place for Hugging Face progress bars ("Loading weights: 100%|███|").
 
-    constants = sys.modules.get("huggingface_hub.constants")
-    if constants is not None:  # read once at import: flip the cached value too
-        constants.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
+    The network is not turned off here (HF_HUB_OFFLINE): the same process pulls models from the
+    Hub (`sagectl pull`). Engines load from local folders with local_files_only=True instead."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call] # transformers' own bars only, not huggingface_hub's
+    except Exception:  # noqa: BLE001 - an older transformers without it: bars in the log, nothing worse
+        pass
 
 
 def truncate_dimensions(vectors: list[list[float]], dimensions: int) -> list[list[float]]:
@@ -279,7 +279,7 @@ class SentenceTransformersEngine(TorchWorker):
         self._state, self._detail = EngineState.READY, f"{self.dimensions} dims, max {self.max_seq_length} tokens on {self.device}"
 
     def _load_blocking(self) -> Any:
-        force_hf_offline()
+        quiet_hf_logs()
         import torch
         from sentence_transformers import SentenceTransformer
 

@@ -10,33 +10,30 @@ routes (/health, /metrics, /version, /openapi.json) when `http.public_health` is
 
 from __future__ import annotations
 
-import base64
 import logging
-import re
 import uuid
 from typing import Any, cast
 
 import msgspec
-import numpy as np
 from quart import Response, g, has_request_context, request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
 from sage_client._version import __version__
-from sage_daemon.http import doors
+from sage_daemon.http import admin, doors
 from sage_daemon.http import schemas as s
 from sage_daemon.http.anthropic import error_body as anthropic_error_body
 from sage_daemon.http.auth import KeyRing
-from sage_daemon.http.errors import ApiError, bad_request, from_decode, from_exception, from_validation, shutting_down
+from sage_daemon.http.errors import ApiError, bad_request, from_exception, shutting_down
 from sage_daemon.http.generation import Generation, Renderer, SSEBody, internal_error, respond
 from sage_daemon.http.openapi import openapi_document
-from sage_daemon.http.translate import chat_plan, completion_plan, embedding_inputs, model_out, request_meta, whole_floats_as_ints
+from sage_daemon.http.rules import authorization, decode_body, embeddings_reply, request_id
+from sage_daemon.http.translate import chat_plan, completion_plan, model_out, request_meta
 from sage_daemon.services import Services
 
 logger = logging.getLogger("sage.http")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _JSON_TYPES = ("application/json",)
 _CORS_ALLOW_HEADERS = "Authorization, x-api-key, anthropic-version, Content-Type, X-Request-Id, X-SAGE-Priority, X-SAGE-Deadline-Ms, OpenAI-Organization, OpenAI-Project"
 OPERATIONAL = ("/health", "/metrics", "/openapi.json", "/version")
@@ -83,24 +80,7 @@ async def decode(kind: type) -> Any:
     mimetype = request.mimetype
     if mimetype not in _JSON_TYPES:
         raise ApiError(415, f"send the request body as application/json, not {mimetype or 'no content type'}", code="unsupported_media_type", param="Content-Type")
-    data = await request.get_data(as_text=False)
-    if not data:
-        raise ApiError(400, "the request body is empty: send a JSON object", code="invalid_json")
-    try:
-        try:
-            return msgspec.json.decode(data, type=kind)
-        except msgspec.ValidationError as exc:
-            # 6.0 where an integer goes: JSON Schema (and so /openapi.json) calls it an integer.
-            fixed, changed = whole_floats_as_ints(msgspec.json.decode(data))
-            if not changed:
-                raise from_validation(exc) from None
-            return msgspec.convert(fixed, type=kind)
-    except msgspec.ValidationError as exc:
-        raise from_validation(exc) from None
-    except msgspec.DecodeError as exc:
-        raise from_decode(exc) from None
-    except RecursionError:  # arrays in arrays thousands deep (in a field typed Any, like tools)
-        raise ApiError(400, "the request body is nested too deeply", code="invalid_json") from None
+    return decode_body(await request.get_data(as_text=False), kind)  # http/rules.py (shared with http/lean.py)
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -115,14 +95,14 @@ def create_app(services: Services) -> QuartTrio:
     _token_routes(app, services)
     _rerank_routes(app, services)
     _other_routes(app, services, keyring)
+    admin.register(app, services, keyring)  # the web dashboard (/, /ui, /sage/v1/...): http/admin.py
     return app
 
 
 def _hooks(app: QuartTrio, services: Services, keyring: KeyRing) -> None:
     @app.before_request
     async def _before() -> Response | None:
-        given = request.headers.get("x-request-id", "")
-        g.request_id = given if _REQUEST_ID.match(given) else f"req-{uuid.uuid4().hex}"
+        g.request_id = request_id(request.headers.get("x-request-id", ""))
         # The whole body in before any answer (an error included), whatever the method: hypercorn
         # closes a connection whose response ended before its request body did, and that close
         # can be cut short, leaving a keep-alive client's next request unanswered on an open socket.
@@ -132,8 +112,7 @@ def _hooks(app: QuartTrio, services: Services, keyring: KeyRing) -> None:
             return Response(b"", status=204)  # the CORS headers are added after the request
         path = request.path
         if path.startswith("/v1/") or path == "/v1" or path in KEYED or (not http.public_health and path in OPERATIONAL):
-            key = doors.api_key_of(request.headers)
-            keyring.check(request.headers.get("Authorization") or (f"Bearer {key}" if key else None))
+            keyring.check(authorization(request.headers))
         if not services.lifecycle.accepting and path not in _DURING_DRAIN:
             # A request on a keep-alive connection opened before the drain: answered, not left hanging.
             raise shutting_down()
@@ -217,29 +196,7 @@ def _generation_routes(app: QuartTrio, services: Services) -> Any:
     @app.post("/v1/embeddings")
     async def embeddings() -> Response:
         req: s.EmbeddingRequest = await decode(s.EmbeddingRequest)
-        inputs = embedding_inputs(req.input)
-        meta = request_meta(request.headers, g.request_id, req.metadata)
-        plane = services.control
-        try:
-            kind = plane.get_model(req.model).kind
-            if kind != "embedding":
-                raise bad_request(f"model {req.model!r} is not an embedding model (it is a {kind} model)", param="model")
-            with services.lifecycle.track():
-                # the plane answers 400 unless the model can truncate (Matryoshka) to `dimensions`
-                result = await plane.embed(req.model, inputs, meta, dimensions=req.dimensions)
-        except Exception as exc:
-            api = from_exception(exc, param_hint="input")
-            if api is None:
-                raise
-            raise api from None
-        data = []
-        for index, vector in enumerate(result.vectors):
-            if req.encoding_format == "base64":
-                value: list[float] | str = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-            else:
-                value = vector
-            data.append(s.Embedding(index, value))
-        return json_response(s.EmbeddingList(data, req.model, s.EmbeddingUsage(result.prompt_tokens, result.prompt_tokens)))
+        return Response(await embeddings_reply(services, req, request.headers, g.request_id), status=200, content_type="application/json")
 
     return run
 

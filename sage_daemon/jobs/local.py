@@ -83,9 +83,15 @@ class CpuWorker:
         self.batch = ops.BatchOp(stage.ops[0].size) if isinstance(stage.ops[0], s.Batch) else None
         self.chain = [] if self.batch else [ops.item_op(op, stage.functions[n]() if n in stage.functions else None) for n, op in enumerate(stage.ops)]
 
-    def _one(self, item: Any) -> list[Any]:
-        items = [item]
-        for op in self.chain:
+    def _one(self, item: Any, first: list[Any] | Exception | None = None) -> list[Any]:
+        """The chain over one item; `first`: what the chain's first operator already made of it."""
+        if first is None:
+            items, chain = [item], self.chain
+        elif isinstance(first, Exception):
+            raise first
+        else:
+            items, chain = first, self.chain[1:]
+        for op in chain:
             items = [out for it in items for out in op(it)]
         return items
 
@@ -96,10 +102,13 @@ class CpuWorker:
         out: list[Any] = []
         skipped = 0
         tries = attempts_of(self.stage.on_error)
-        for item in packet:
+        # A chunk first in the chain splits the whole packet in one call (its splitter thread
+        # works through every document); a retry of an item goes the item-wise way.
+        firsts = self.chain[0].many(packet) if self.chain and isinstance(self.chain[0], ops.ChunkOp) and len(packet) > 1 else None
+        for position, item in enumerate(packet):
             for attempt in range(tries):
                 try:
-                    out.extend(self._one(item))
+                    out.extend(self._one(item, firsts[position] if firsts is not None and attempt == 0 else None))
                     break
                 except Exception as exc:
                     if attempt + 1 < tries:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import msgspec
 import numpy as np
 
-from cython_ops import chunk_text_with_offsets
+from cython_ops import MARKDOWN_SEPARATORS, chunk_text_with_offsets, chunk_texts_with_offsets
 from sage_daemon.engines.base import ChatMessage, GenerationRequest, SamplingParams
 from sage_daemon.jobs import spec as s
 from sage_daemon.jobs.access import check_path
@@ -143,19 +143,7 @@ def item_op(op: s._Stage, fn: Callable[[Any], Any] | None) -> Callable[[Any], li
     if isinstance(op, s.Filter):
         return lambda item: [item] if fn(item) else []  # type: ignore[misc]
     if isinstance(op, s.Chunk):
-        separators = op.separators
-
-        def chunk(item: Any) -> list[Any]:
-            record = _as_record(item, op.field)
-            text = record.get(op.field)
-            if not isinstance(text, str):
-                raise ValueError(f"field {op.field!r} is missing or not text")
-            pieces, offsets = chunk_text_with_offsets(text, op.size, op.overlap, separators)
-            parent = str(record.get("id", ""))
-            base = {k: v for k, v in record.items() if k != op.field}
-            return [{**base, "id": f"{parent}#{n}", op.field: piece, "parent": parent, "offset": off} for n, (piece, off) in enumerate(zip(pieces, offsets))]
-
-        return chunk
+        return ChunkOp(op)
     if isinstance(op, s.Prompt):
         fields = [name for _, name, _, _ in string.Formatter().parse(op.template) if name]
 
@@ -169,6 +157,51 @@ def item_op(op: s._Stage, fn: Callable[[Any], Any] | None) -> Callable[[Any], li
 
         return prompt
     raise AssertionError(f"not an item-wise operator: {s.op_of(op)}")
+
+
+class ChunkOp:
+    """`chunk`: one item in, its pieces out (ids "PARENT#N", with "parent" and "offset"). `many`
+    chunks a whole packet in one call of the compiled splitter (its thread working through all
+    of them), the way the job stage runs it."""
+
+    def __init__(self, op: s.Chunk):
+        self.op = op
+        self.separators: Any = MARKDOWN_SEPARATORS if op.separators == "markdown" else op.separators
+
+    def _text(self, item: Any) -> tuple[dict[str, Any], str]:
+        record = _as_record(item, self.op.field)
+        text = record.get(self.op.field)
+        if not isinstance(text, str):
+            raise ValueError(f"field {self.op.field!r} is missing or not text")
+        return record, text
+
+    def _pieces(self, record: dict[str, Any], pieces: list[str], offsets: list[int]) -> list[Any]:
+        field = self.op.field
+        parent = str(record.get("id", ""))
+        base = {k: v for k, v in record.items() if k != field}
+        return [{**base, "id": f"{parent}#{n}", field: piece, "parent": parent, "offset": off} for n, (piece, off) in enumerate(zip(pieces, offsets))]
+
+    def __call__(self, item: Any) -> list[Any]:
+        record, text = self._text(item)
+        pieces, offsets = chunk_text_with_offsets(text, self.op.size, self.op.overlap, self.separators)
+        return self._pieces(record, pieces, offsets)
+
+    def many(self, items: list[Any]) -> list[list[Any] | Exception]:
+        """Each item's pieces, or the error that item alone raises (the others are chunked)."""
+        out: list[list[Any] | Exception] = []
+        good: list[tuple[int, dict[str, Any], str]] = []
+        for item in items:
+            try:
+                record, text = self._text(item)
+            except ValueError as exc:
+                out.append(exc)
+                continue
+            good.append((len(out), record, text))
+            out.append([])
+        pieces, offsets = chunk_texts_with_offsets([text for _, _, text in good], self.op.size, self.op.overlap, self.separators)
+        for (index, record, _), mine, where in zip(good, pieces, offsets):
+            out[index] = self._pieces(record, mine, where)
+        return out
 
 
 class BatchOp:

@@ -89,7 +89,10 @@ class Chunk(_Stage, tag="chunk"):
     size: Annotated[int, msgspec.Meta(ge=16)] = 800
     overlap: Annotated[int, msgspec.Meta(ge=0)] = 100
     field: str = "text"
-    separators: list[str] | None = None
+    # Literal separators, tried in order (LangChain's RecursiveCharacterTextSplitter); "markdown":
+    # headings, code fences and rules first (LangChain's Language.MARKDOWN); None: paragraphs,
+    # lines, words, characters.
+    separators: list[str] | Literal["markdown"] | None = None
 
 
 class Embed(_Stage, tag="embed"):

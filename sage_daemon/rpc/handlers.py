@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import itertools
 import os
 import platform
 import time
@@ -21,6 +23,7 @@ from sage_daemon.rpc.server import Handler, ReplyStream, RpcError
 from sage_daemon.services import Services
 
 if TYPE_CHECKING:
+    from sage_daemon.model_admin import ModelAdmin
     from sage_daemon.jobs.manager import JobManager
 
 SECRET_KEYS = ("http.api_keys",)
@@ -63,7 +66,11 @@ def make_handlers(services: Services) -> dict[str, Handler]:
         )
 
     async def config_show(_: p.Empty, __: ReplyStream) -> p.ConfigShowResult:
-        return p.ConfigShowResult([p.ConfigValue(k, _redact(k, v), s) for k, v, s in effective_values(services.loaded)])
+        rows = [p.ConfigValue(k, _redact(k, v), s) for k, v, s in effective_values(services.loaded)]
+        if services.models is not None:  # models added at run time: their own layer
+            catalog = services.models.catalog
+            rows += [p.ConfigValue(f"models.{m.name}", msgspec.to_builtins(m), catalog.layer) for m in catalog.added]
+        return p.ConfigShowResult(rows)
 
     async def nodes(_: p.Empty, __: ReplyStream) -> p.NodeInfo:
         return services.node
@@ -92,6 +99,56 @@ def make_handlers(services: Services) -> dict[str, Handler]:
 
     async def unload(params: p.ModelName, _: ReplyStream) -> p.ModelRow:
         return model_row(await services.control.unload(params.name))
+
+    def admin() -> ModelAdmin:
+        if services.models is None:
+            raise RpcError(p.ErrorCode.UNAVAILABLE, "model administration is not running")
+        return services.models
+
+    async def models_add(params: p.ModelAddParams, _: ReplyStream) -> p.ModelRow:
+        return await admin().add(params)
+
+    async def models_rm(params: p.ModelRemoveParams, _: ReplyStream) -> p.ModelRemoved:
+        return await admin().remove(params)
+
+    async def models_show(params: p.ModelName, _: ReplyStream) -> p.ModelDetail:
+        return await admin().show(params.name)
+
+    async def models_available(_: p.Empty, __: ReplyStream) -> p.AvailableResult:
+        return await admin().available()
+
+    async def models_pull(params: p.PullParams, reply: ReplyStream) -> p.PullResult:
+        result: p.PullResult | None = None
+        async for event in admin().pull(params.ref):
+            if isinstance(event, p.PullResult):
+                result = event
+            else:
+                await reply.send(event)
+        assert result is not None, "a pull ends with its result or an error"
+        return result
+
+    chat_ids = itertools.count(1)
+
+    async def chat(params: p.ChatParams, reply: ReplyStream) -> p.ChatEnd:
+        """One streamed assistant turn (sagectl run); the caller closing the connection ends it."""
+        from sage_daemon.control.api import Priority, RequestMeta
+        from sage_daemon.engines.base import ChatMessage, GenerationRequest, SamplingParams
+
+        request_id = f"rpc-chat-{os.getpid()}-{next(chat_ids)}"
+        sampling = SamplingParams(max_tokens=params.max_tokens or 2048, temperature=params.temperature, seed=params.seed)
+        request = GenerationRequest(request_id=request_id, sampling=sampling, messages=tuple(ChatMessage(m.role, m.content) for m in params.messages))
+        started = time.monotonic()
+        stream = await services.control.generate(params.model, "chat", request, RequestMeta(request_id=request_id, priority=Priority.HIGH, caller="rpc"))
+        last = None
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
+                if chunk.error:
+                    raise RpcError(p.ErrorCode.UNAVAILABLE, f"model {params.model} failed: {chunk.error}")
+                if chunk.text or chunk.reasoning:
+                    await reply.send(p.ChatDelta(chunk.text, chunk.reasoning))
+                last = chunk
+        assert last is not None
+        return p.ChatEnd(last.finish_reason or "stop", last.prompt_tokens, last.completion_tokens, round(time.monotonic() - started, 3))
 
     async def queue(_: p.Empty, __: ReplyStream) -> p.QueueResult:
         snapshot = services.control.queue_snapshot()
@@ -186,5 +243,6 @@ def make_handlers(services: Services) -> dict[str, Handler]:
         "job.wait": job_wait, "job.cancel": job_cancel, "job.retry": job_retry, "job.embed": job_embed, "job.generate": job_generate, "job.rerank": job_rerank,
         "collection.list": collection_list, "collection.show": collection_show, "collection.drop": collection_drop,
         "ping": ping, "status": status, "config.show": config_show, "nodes": nodes, "ports": ports, "version": version,
-        "models": models, "load": load, "unload": unload, "queue": queue, "policy.get": policy_get, "policy.set": policy_set,
+        "models": models, "models.add": models_add, "models.rm": models_rm, "models.show": models_show, "models.available": models_available, "models.pull": models_pull, "chat": chat,
+        "load": load, "unload": unload, "queue": queue, "policy.get": policy_get, "policy.set": policy_set,
     }

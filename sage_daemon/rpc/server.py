@@ -59,7 +59,7 @@ class RpcError(Exception):
 # manager (built-in operators, paths under [jobs].allowed_roots); job.show/logs/watch/wait/
 # cancel/retry by the job's owner (a user peer sees only its own jobs).
 USER_METHODS: frozenset[str] = frozenset({
-    "ping", "status", "version", "nodes", "ports", "models", "queue", "policy.get",
+    "ping", "status", "version", "nodes", "ports", "models", "models.show", "chat", "queue", "policy.get",
     "job.embed", "job.generate", "job.rerank", "job.submit", "job.list", "job.show", "job.logs", "job.watch", "job.wait", "job.cancel", "job.retry",
     "collection.list", "collection.show",
 })

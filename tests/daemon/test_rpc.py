@@ -206,7 +206,7 @@ def test_peer_roles_and_the_methods_a_user_peer_may_call() -> None:
     policy = PeerPolicy(group.gr_name)
     user, admin = Peer(uid=stranger, role="user", pid=1, gid=group.gr_gid), Peer(uid=0, role="admin", pid=1, gid=0)
     admin_only = {m for m in p.METHODS if policy.refusal(user, m) is not None}
-    assert admin_only == {"config.show", "policy.set", "load", "unload", "collection.drop"}
+    assert admin_only == {"config.show", "policy.set", "load", "unload", "collection.drop", "models.add", "models.rm", "models.available", "models.pull"}
     assert all(policy.refusal(admin, m) is None for m in p.METHODS)
     message = policy.refusal(user, "policy.set") or ""
     assert f"uid {stranger}" in message and '[rpc].group_role = "admin"' in message

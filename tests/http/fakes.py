@@ -5,6 +5,7 @@ one records them. The daemon builds it through its `plane_factory` seam (tests/h
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 import math
 from collections.abc import AsyncIterator
 
@@ -25,7 +26,7 @@ from sage_daemon.control.api import (
     RequestMeta,
 )
 from sage_daemon.core.metrics import Metrics
-from sage_daemon.engines.base import ChatTemplateMissingError, ContextOverflowError, EmbeddingResult, EngineError, GenerationChunk, GenerationRequest
+from sage_daemon.engines.base import ChatTemplateMissingError, ContextOverflowError, EmbeddingResult, EngineError, GenerationChunk, GenerationRequest, RerankResult
 
 MODELS = [
     ModelInfo(id="chatty", kind="llm", backend="fake", state="ready", n_ctx=512, chat_template=True),
@@ -164,7 +165,25 @@ class FakeControlPlane:
         self.metrics.on_embedding_batch(model, len(inputs))
         return EmbeddingResult(vectors=[fake_vector(t) for t in inputs], prompt_tokens=sum(len(t.split()) for t in inputs), dimensions=4)
 
+    async def rerank(self, model: str, query: str, documents: list[str], meta: RequestMeta) -> RerankResult:
+        """Scores by shared words (the door's shape and ordering are what is tested with it)."""
+        info = self.get_model(model)
+        if info.kind == "llm":
+            raise InvalidRequestError(f"model {model!r} is not a reranker", param="model")
+        if not documents:
+            raise InvalidRequestError("documents must not be empty", param="documents")
+        await trio.lowlevel.checkpoint()
+        words = set(query.lower().split())
+        scores = [len(words & set(d.lower().split())) / (len(words) or 1) for d in documents]
+        return RerankResult(scores, prompt_tokens=sum(len(d.split()) + len(words) for d in documents))
+
     # -- the rest of ControlPlaneAPI, and the lifetime the daemon runs ----------------------
+
+    async def put_model(self, model: Any) -> ModelInfo:
+        raise InvalidRequestError("the in-test control plane serves a fixed list of models", param="name")
+
+    async def remove_model(self, name: str) -> ModelInfo:
+        raise InvalidRequestError("the in-test control plane serves a fixed list of models", param="name")
 
     async def load(self, name: str) -> ModelInfo:
         return self.get_model(name)

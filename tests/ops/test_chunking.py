@@ -167,6 +167,8 @@ INDEXED_SEPARATOR_SETS = st.sampled_from(
         ["中中", "中", ""],
         ["😀😀😀", "😀", " ", ""],
         ["\n\n", "x", "\n", ""],
+        ["\n\n", "\naa", "\n中", "\n", " ", ""],    # literals that start with the indexed character
+        ["\na", "\n\n", "a\n", "\n", ""],
     ]
 )
 RUNS_ALPHABET = st.sampled_from(["\n", "\n\n", "\n\n\n", " ", "  ", "a", "aa", "b", "bc ", "中", "中中", "😀", "😀😀", "é", "\t", "\u3000"])
@@ -263,3 +265,249 @@ def test_bad_input_with_two_threads(threads):
         chunk_text(b"bytes " * 1000, 10, 1)
     with pytest.raises(ValueError, match="keep_separator must be"):
         chunk_text_with_offsets("abc " * 1000, 10, 1, keep_separator="middle")
+
+
+# --- batches: chunk_texts / chunk_texts_with_offsets ------------------------------------------
+# One call for many documents; with 2 threads the splitter thread decides the chunks of the next
+# documents while the caller builds the strings of the previous ones (end-of-document marks in
+# the hand-over batches).
+
+from cython_ops import MARKDOWN_SEPARATORS, chunk_texts, chunk_texts_with_offsets  # noqa: E402
+
+
+def check_batch(texts, size, overlap, separators=None, keep=True):
+    got = chunk_texts(texts, size, overlap, separators, keep)
+    expected = [chunk_text(t, size, overlap, separators, keep) for t in texts]
+    assert got == expected
+    pieces, offsets = chunk_texts_with_offsets(texts, size, overlap, separators, keep)
+    assert pieces == expected
+    assert offsets == [chunk_text_with_offsets(t, size, overlap, separators, keep)[1] for t in texts]
+    return got
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(st.lists(RUNS_ALPHABET, max_size=60).map("".join), max_size=8),
+    size=st.integers(1, 30),
+    overlap_frac=st.floats(0, 0.99),
+    separators=INDEXED_SEPARATOR_SETS,
+    keep=KEEP,
+    n_threads=st.sampled_from([1, 2]),
+    flush=st.integers(1, 5),
+)
+def test_batch_equals_per_text(threads, texts, size, overlap_frac, separators, keep, n_threads, flush):
+    overlap = min(int(size * overlap_frac), size - 1)
+    threads(n_threads, 7, flush)
+    got = check_batch(texts, size, overlap, separators, keep)
+    assert got == [langchain_chunks(t, size, overlap, separators, keep) for t in texts]
+
+
+@pytest.mark.parametrize("n_threads,flush", [(1, 256), (2, 256), (2, 1), (2, 100000)])
+def test_batch_of_files(threads, n_threads, flush):
+    threads(n_threads, 65536, flush)
+    texts = [_stdlib_file(name) for name in ("textwrap.py", "argparse.py", "os.py", "this.py")]
+    texts = texts + ["", "   \n ", "😀 中" * 300] + texts[:2]
+    got = check_batch(texts, 500, 50)
+    assert got == [langchain_chunks(t, 500, 50) for t in texts]
+    pieces, offsets = chunk_texts_with_offsets(texts, 500, 50)
+    for text, ps, offs in zip(texts, pieces, offsets):
+        assert all(text[o : o + len(p)] == p for p, o in zip(ps, offs))
+
+
+def test_batch_default_threads_long_batch():
+    # The default mode: many files adding up to more than the two-thread threshold.
+    texts = [_stdlib_file(name) for name in ("argparse.py", "textwrap.py", "typing.py", "inspect.py")] * 3
+    assert sum(map(len, texts)) >= 262144
+    assert chunk_texts(texts, 500, 50) == [langchain_chunks(t, 500, 50) for t in texts]
+
+
+def test_batch_empty_and_iterables():
+    assert chunk_texts([], 100, 10) == []
+    assert chunk_texts_with_offsets([], 100, 10) == ([], [])
+    assert chunk_texts(["", ""], 100, 10) == [[], []]
+    assert chunk_texts_with_offsets(["", "a b"], 100, 10) == ([[], ["a b"]], [[], [0]])
+    assert chunk_texts(iter(["a b", "c"]), 100, 10) == [["a b"], ["c"]]
+    assert chunk_texts(("x",), 100, 10) == [["x"]]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(chunk_size=0, chunk_overlap=0), "chunk_size must be > 0"),
+        (dict(chunk_size=10, chunk_overlap=-1), "chunk_overlap must be >= 0"),
+        (dict(chunk_size=10, chunk_overlap=10), "chunk_overlap must be < chunk_size"),
+        (dict(chunk_size=10.0, chunk_overlap=0), "chunk_size must be an int"),
+        (dict(chunk_size=10, chunk_overlap=0, separators=["a", 3]), "separators must be a list of str"),
+        (dict(chunk_size=10, chunk_overlap=0, separators="abc"), "separators must be a list of str"),
+        (dict(chunk_size=10, chunk_overlap=0, keep_separator="middle"), "keep_separator must be"),
+    ],
+)
+@pytest.mark.parametrize("fn", [chunk_texts, chunk_texts_with_offsets])
+def test_batch_bad_input_same_errors(fn, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        chunk_text("x", **kwargs)
+    with pytest.raises(ValueError, match=match):
+        fn(["x", "y"], **kwargs)
+
+
+@pytest.mark.parametrize("fn", [chunk_texts, chunk_texts_with_offsets])
+def test_batch_bad_texts(fn):
+    with pytest.raises(ValueError, match="text must be a str, got bytes"):
+        fn(["ok", b"bytes"], 10, 0)
+    with pytest.raises(ValueError, match="texts must be a list of str"):
+        fn("a string", 10, 0)
+    with pytest.raises(TypeError):
+        fn(None, 10, 0)
+
+
+# --- regex separators and Markdown ----------------------------------------------------------------
+# A re.Pattern separator (or every str one with is_separator_regex=True) is a regex, as in
+# LangChain with is_separator_regex=True; MARKDOWN_SEPARATORS are LangChain's Language.MARKDOWN
+# separators, so chunk_text(..., MARKDOWN_SEPARATORS) is RecursiveCharacterTextSplitter
+# .from_language(Language.MARKDOWN, ...).
+
+
+def langchain_markdown(text, size, overlap, keep=True):
+    splitter = lc.RecursiveCharacterTextSplitter.from_language(
+        lc.Language.MARKDOWN, chunk_size=size, chunk_overlap=overlap, keep_separator=keep
+    )
+    return splitter.split_text(text)
+
+
+def check_markdown(text, size, overlap, keep=True):
+    got, offsets = chunk_text_with_offsets(text, size, overlap, MARKDOWN_SEPARATORS, keep)
+    assert got == langchain_markdown(text, size, overlap, keep)
+    assert got == chunk_text(text, size, overlap, MARKDOWN_SEPARATORS, keep)
+    if keep is not False:
+        assert all(text[o : o + len(c)] == c for o, c in zip(offsets, got))
+    return got
+
+
+def test_markdown_separators_are_langchains():
+    patterns = [s.pattern if hasattr(s, "pattern") else s for s in MARKDOWN_SEPARATORS]
+    assert patterns == lc.RecursiveCharacterTextSplitter.get_separators_for_language(lc.Language.MARKDOWN)
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_MARKDOWN_FILES = ["README.md"] + sorted(
+    os.path.join("docs", name) for name in os.listdir(os.path.join(_ROOT, "docs")) if name.endswith(".md")
+)
+
+
+@pytest.mark.parametrize("path", _MARKDOWN_FILES)
+@pytest.mark.parametrize("size,overlap", [(800, 100), (500, 50), (120, 10)])
+@pytest.mark.parametrize("keep", [True, False, "end"])
+def test_markdown_matches_langchain_on_repo_docs(path, size, overlap, keep):
+    with open(os.path.join(_ROOT, path), encoding="utf-8") as f:
+        text = f.read()
+    assert check_markdown(text, size, overlap, keep)
+
+
+def test_markdown_splits_on_headings():
+    text = "# A\n\nintro " * 20 + "\n## B\n\n" + "body " * 50 + "\n### C\n" + "more " * 30
+    chunks = check_markdown(text, 200, 0)
+    assert any(c.startswith("## B") for c in chunks) and any(c.startswith("### C") for c in chunks)
+
+
+MARKDOWN_ALPHABET = st.sampled_from(
+    ["\n", "\n\n", "# ", "## ", "###### ", "####### ", "#", "```\n", "```", "***", "****", "**", "---", "-----",
+     "--", "___", "____", "_", "*", " ", "  ", "word", "a", "b c", "é", "中", "😀", "\t", "- item", "> q"]
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    text=st.lists(MARKDOWN_ALPHABET, max_size=120).map("".join),
+    size=st.integers(1, 60),
+    overlap_frac=st.floats(0, 0.99),
+    keep=KEEP,
+    n_threads=st.sampled_from([1, 2]),
+    slab=st.integers(1, 40),
+)
+def test_markdown_matches_langchain_on_generated_markdown(threads, text, size, overlap_frac, keep, n_threads, slab):
+    overlap = min(int(size * overlap_frac), size - 1)
+    threads(n_threads, slab, 3)
+    check_markdown(text, size, overlap, keep)
+
+
+def test_markdown_generated_document_large():
+    import random
+
+    rng = random.Random(5)
+    parts = []
+    for i in range(400):
+        parts.append("\n" + "#" * rng.randint(1, 7) + f" Heading {i}\n")
+        for _ in range(rng.randint(0, 4)):
+            parts.append(" ".join(rng.choice(["lorem", "ipsum", "dolor", "é", "😀", "`x`"]) for _ in range(rng.randint(3, 90))) + "\n\n")
+        if rng.random() < 0.3:
+            parts.append("```python\n" + "x = 1\n" * rng.randint(1, 30) + "```\n")
+        if rng.random() < 0.2:
+            parts.append("\n" + rng.choice("*-_") * rng.randint(2, 6) + "\n")
+    text = "".join(parts)
+    for size, overlap in [(800, 100), (500, 50), (64, 8)]:
+        for keep in (True, False, "end"):
+            check_markdown(text, size, overlap, keep)
+    texts = [text[i : i + 5000] for i in range(0, len(text), 5000)]
+    assert chunk_texts(texts, 500, 50, MARKDOWN_SEPARATORS) == [langchain_markdown(t, 500, 50) for t in texts]
+
+
+def test_markdown_text_splitter_uses_literals():
+    # LangChain's MarkdownTextSplitter passes the same strings without is_separator_regex: they
+    # are literals there (headings never split); the plain strings reproduce it.
+    literal = [s.pattern if hasattr(s, "pattern") else s for s in MARKDOWN_SEPARATORS]
+    with open(os.path.join(_ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    splitter = lc.MarkdownTextSplitter(chunk_size=500, chunk_overlap=50)
+    assert chunk_text(text, 500, 50, literal) == splitter.split_text(text)
+
+
+REGEX_SEPARATOR_SETS = st.sampled_from(
+    [
+        ["\n#{1,6} ", "\n\n", " ", ""],
+        ["a+b", "b*c", "\n", ""],
+        ["ab?c", "x{2,}", " ", ""],
+        ["a|bc|b", "\\.", ""],
+        ["c{2}", "a{,2}b", ""],
+        ["\\*\\*+", "\\n\\n", "\n", ""],
+        ["é+", "中{1,2}", "😀", " "],
+        ["a*a", "b{1,3}b", ""],
+    ]
+)
+REGEX_ALPHABET = st.sampled_from(list("aabbcx .\n*#") + ["\n# ", "\n## ", "é", "中", "😀", "ab", "abc", "\n\n"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    text=st.lists(REGEX_ALPHABET, max_size=100).map("".join),
+    size=st.integers(1, 40),
+    overlap_frac=st.floats(0, 0.99),
+    separators=REGEX_SEPARATOR_SETS,
+    keep=KEEP,
+)
+def test_regex_separators_match_langchain(text, size, overlap_frac, separators, keep):
+    overlap = min(int(size * overlap_frac), size - 1)
+    expected = lc.RecursiveCharacterTextSplitter(
+        chunk_size=size, chunk_overlap=overlap, separators=separators, keep_separator=keep, is_separator_regex=True
+    ).split_text(text)
+    assert chunk_text(text, size, overlap, separators, keep, is_separator_regex=True) == expected
+    import re
+
+    compiled = [re.compile(s) for s in separators]
+    assert chunk_text(text, size, overlap, compiled, keep) == expected
+    got, offsets = chunk_text_with_offsets(text, size, overlap, compiled, keep)
+    assert got == expected
+    if keep is not False:
+        assert all(text[o : o + len(c)] == c for o, c in zip(offsets, got))
+
+
+@pytest.mark.parametrize("pattern", ["a.b", "[ab]", "(ab)", "^a", "a$", "\\d", "a*?", "a++", "a**", "*a", "a{3}{2}", "a{3,1}", "x*", "a|", "\\"])
+def test_unsupported_regex_separators_raise(pattern):
+    import re
+
+    with pytest.raises(ValueError, match="regex separator"):
+        chunk_text("abc", 10, 0, [pattern], is_separator_regex=True)
+    if pattern not in ("a**", "*a", "a{3}{2}", "a{3,1}", "\\", "a++"):   # ones re itself accepts
+        with pytest.raises(ValueError, match="regex separator"):
+            chunk_texts(["abc"], 10, 0, [re.compile(pattern)])
+    with pytest.raises(ValueError, match="separators must be a list of str"):
+        chunk_text("abc", 10, 0, [re.compile(b"a")])
