@@ -2,7 +2,7 @@
 # Install SAGE daemon with the CPU engines and the shipped models into ./.venv (idempotent).
 #   EXTRAS=cpu,test bash scripts/install.sh     # which extras (default: cpu)
 #   VENV=/path/to/venv bash scripts/install.sh  # where
-#   LLAMA_CUDA=auto|on|off bash scripts/install.sh  # llama.cpp with CUDA: auto = where nvcc is found
+#   LLAMA_CUDA=auto|on|off bash scripts/install.sh  # llama.cpp with CUDA: auto = where nvcc and a GPU are found
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -24,15 +24,19 @@ fi
 # Without AMX: -march=native turns AMX on where the CPU lists it, but a virtual machine may not
 # enable its tile state, and then the first prompt-sized matrix product dies with SIGILL
 # (seen on Firecracker guests). So: no -march=native; the x86 features /proc/cpuinfo lists, AMX left out.
-# With CUDA where nvcc is found (PATH or /usr/local/cuda/bin): layers offload to the GPU
+# With CUDA where nvcc (PATH or /usr/local/cuda/bin) and an NVIDIA GPU are found: layers offload to the GPU
 # (n_gpu_layers in [[models]]); the CPU backend is built too and keeps the flags below.
 LLAMA_SPEC="llama-cpp-python>=0.3.16"
 LLAMA_CUDA="${LLAMA_CUDA:-auto}"
 find_nvcc() {
     command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; } || true
 }
+has_gpu() {
+    { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; } || [ -e /dev/nvidia0 ]
+}
 NVCC=""
-if [ "$LLAMA_CUDA" != off ]; then
+if [ "$LLAMA_CUDA" = on ] || { [ "$LLAMA_CUDA" = auto ] && has_gpu; }; then
+    # auto: a CUDA toolkit alone (seen on GPU-less build hosts, some without cuBLAS) is not enough.
     NVCC="$(find_nvcc)"
     if [ -z "$NVCC" ] && [ "$LLAMA_CUDA" = on ]; then
         echo "LLAMA_CUDA=on but nvcc is not found (PATH, /usr/local/cuda/bin)" >&2
@@ -63,7 +67,14 @@ if [[ ",$EXTRAS," == *",cpu,"* ]]; then
         echo "building llama-cpp-python with CUDA ($NVCC)"
     fi
     if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
-        CMAKE_ARGS="$(llama_cmake_args)" "$VENV/bin/python" -m pip install --quiet --no-cache-dir "$LLAMA_SPEC"
+        if ! CMAKE_ARGS="$(llama_cmake_args)" "$VENV/bin/python" -m pip install --quiet --no-cache-dir "$LLAMA_SPEC"; then
+            if [ -z "$NVCC" ] || [ "$LLAMA_CUDA" = on ]; then
+                exit 1
+            fi
+            echo "the CUDA build of llama-cpp-python failed (see above); building it for the CPU instead" >&2
+            NVCC=""
+            CMAKE_ARGS="$(llama_cmake_args)" "$VENV/bin/python" -m pip install --quiet --no-cache-dir "$LLAMA_SPEC"
+        fi
     elif "$VENV/bin/python" -c "
 import sys, llama_cpp
 info = llama_cpp.llama_print_system_info().decode()
