@@ -93,7 +93,10 @@ def cmd_nodes(client: RpcClient, args: argparse.Namespace) -> int:
         ("gpus", gpus or f"none (detected via {node.gpu_source})"),
         ("wsl2", "yes" if node.is_wsl2 else "no"),
         ("vllm", "importable" if node.vllm_available else "not installed"),
+        ("llama.cpp", "not installed" if "llamacpp" in node.engines_missing else "GPU (CUDA) build" if node.llamacpp_gpu else "CPU-only build"),
     ]
+    if node.engines_missing:
+        rows.append(("not installed", ", ".join(node.engines_missing)))
     print(key_values(rows))
     for note in node.overrides:
         print(f"override: {note}")
