@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
@@ -626,3 +627,27 @@ async def test_manager_shutdown_stops_running_pulls(server: FakeHub, tmp_path: P
             nursery.cancel_scope.cancel()
     assert seen and seen[-1].phase != "done"
     assert not list(tmp_path.rglob("*.gguf")), "nothing at a final path; the partial stays for the next pull"
+
+
+async def test_pulls_run_at_background_cpu_priority_and_leave_trio_threads_alone(server: FakeHub, tmp_path: Path) -> None:
+    """A pull's download and hashing threads run at nice PULL_NICE (a loopback-speed pull took the
+    cores llama.cpp decodes on); trio's cached worker threads keep the daemon's priority."""
+    seen: dict[str, int] = {}
+    real = hub.pull_blocking
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen["download"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return real(*args, **kwargs)
+
+    manager = PullManager(tmp_path, endpoint=server.url)
+    manager._pull_blocking = spy
+    events: list[PullProgress] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        await follow(manager, f"hf:{GGUF_REPO}:Q4_1", events)
+        nursery.cancel_scope.cancel()
+    assert events[-1].phase == "done" and events[-1].model is not None
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert seen["download"] == hub.PULL_NICE
+    after = await trio.to_thread.run_sync(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    assert after == base, "trio's worker threads are not lowered"
