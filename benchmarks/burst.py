@@ -1,11 +1,12 @@
 """Burst of concurrent connections against the daemon: does every connection get an answer?
 
 For each `--max-connections` value a fresh daemon (smollm2 and/or all-MiniLM-L6-v2, as the kinds
-need) is started on 127.0.0.1, warmed with one request of each kind, and then hit by one burst
+need) is started on 127.0.0.1, warmed with one request of each kind and then with its engines
+at full width (RSS is read after each warm-up), and then hit by one burst
 per kind: `--connections` new connections opened at the same instant by `--processes` client
 processes (asyncio, raw sockets), each sending one request with `Connection: close`:
 
-- chat: POST /v1/chat/completions to smollm2, max_tokens 4 (most go past the queue: 429);
+- chat: POST /v1/chat/completions to smollm2, max_tokens 4 (past the cap a 503, past the queue a 429);
 - embeddings: POST /v1/embeddings to minilm, one sentence;
 - health: GET /health.
 
@@ -19,7 +20,7 @@ the last burst, and CLOSE-WAIT sockets on its port right after each burst and af
 Targets (issue 22): 0 resets, 0 unanswered, every refusal a 429/503 with Retry-After within 1 s,
 RSS back within 5 %, no CLOSE-WAIT.
 
-    flock /tmp/sage-heavy.lock python benchmarks/burst.py                                # cap 4096 (does not bind) and 500
+    flock /tmp/sage-heavy.lock python benchmarks/burst.py                                # cap 512 (the default) and 4096 (does not bind)
     flock /tmp/sage-heavy.lock python benchmarks/burst.py --max-connections 4096 --repo /path/to/other/checkout
 
 `--repo` names the checkout whose daemon is started (default: this one), so the same client can
@@ -219,6 +220,27 @@ class Daemon:
                 client.post("/v1/embeddings", json={"model": "minilm", "input": "warm up"}).raise_for_status()
             client.get("/health").raise_for_status()
 
+    def warm_engines(self) -> None:
+        """Run each engine at its full width once (8 chats of ~64 tokens at once, 64 sentences in
+        flight): the KV cells, torch's buffers and the allocator's arenas a burst touches for the
+        first time are then already counted, so RSS growth after the bursts is what they leave
+        behind rather than a first-use high-water mark. Few connections: a per-connection leak
+        would still show."""
+        def chat(i: int) -> None:
+            with httpx.Client(base_url=self.url, timeout=300) as client:
+                body = {"model": "smollm2", "messages": [{"role": "user", "content": f"Write a short story about lighthouse {i}."}], "max_tokens": 64, "temperature": 0.7}
+                client.post("/v1/chat/completions", json=body).raise_for_status()
+
+        def embed(i: int) -> None:
+            with httpx.Client(base_url=self.url, timeout=300) as client:
+                client.post("/v1/embeddings", json={"model": "minilm", "input": [f"warm sentence {i}.{j} about sockets and queues" for j in range(8)]}).raise_for_status()
+
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(16) as pool:
+            jobs = ([pool.submit(chat, i) for i in range(16)] if "chat" in self.kinds else []) + ([pool.submit(embed, i) for i in range(64)] if "embeddings" in self.kinds else [])
+            for job in jobs:
+                job.result()
+
     def stop(self) -> None:
         stop_process(self.proc)
         self.log.close()
@@ -229,7 +251,10 @@ def run_daemon(repo: Path, root: Path, max_connections: int, args: argparse.Name
     try:
         daemon.warm()
         time.sleep(2)
-        out: dict[str, Any] = {"max_connections": max_connections, "rss_before_mib": rss_mib(daemon.proc.pid), "bursts": {}}
+        out: dict[str, Any] = {"max_connections": max_connections, "rss_warm_one_mib": rss_mib(daemon.proc.pid), "bursts": {}}
+        daemon.warm_engines()
+        time.sleep(2)
+        out["rss_before_mib"] = rss_mib(daemon.proc.pid)
         for kind in args.kinds:
             overflows = listen_overflows()
             began = time.perf_counter()
@@ -272,9 +297,11 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     lines.append("")
     for run in runs:
         growth = run["rss_after_mib"] / run["rss_before_mib"] - 1 if run["rss_before_mib"] else 0.0
+        from_one = run["rss_after_mib"] / run["rss_warm_one_mib"] - 1 if run["rss_warm_one_mib"] else 0.0
         lines.append(
-            f"cap {run['max_connections']}: RSS {run['rss_before_mib']:.0f} MiB after warm-up → {run['rss_after_mib']:.0f} MiB {args.settle:.0f} s after the last burst "
-            f"({growth:+.1%}; target within 5 %: {'met' if abs(growth) <= 0.05 else 'missed'}); CLOSE-WAIT then: {run['close_wait_settled']}; healthy after: {run['healthy_after']}"
+            f"cap {run['max_connections']}: RSS {run['rss_warm_one_mib']:.0f} MiB after one request of each kind, {run['rss_before_mib']:.0f} MiB after the engines ran at full width, "
+            f"{run['rss_after_mib']:.0f} MiB {args.settle:.0f} s after the last burst ({growth:+.1%} from the full-width warm-up, target within 5 %: {'met' if abs(growth) <= 0.05 else 'missed'}; "
+            f"{from_one:+.1%} from one request); CLOSE-WAIT then: {run['close_wait_settled']}; healthy after: {run['healthy_after']}"
         )
     bad = [
         (run["max_connections"], kind) for run in runs for kind, s in run["bursts"].items()
@@ -288,7 +315,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--kinds", type=lambda s: [k for k in s.split(",") if k], default=list(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
-    parser.add_argument("--max-connections", type=lambda s: [int(x) for x in s.split(",")], default=[4096, 500], help="one daemon per value (comma-separated)")
+    parser.add_argument("--max-connections", type=lambda s: [int(x) for x in s.split(",")], default=[512, 4096], help="one daemon per value (comma-separated); 512 is the default cap")
     parser.add_argument("--processes", type=int, default=8, help="client processes")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds a connection waits for its answer")
     parser.add_argument("--settle", type=float, default=30.0, help="seconds after the last burst before RSS and CLOSE-WAIT are read")

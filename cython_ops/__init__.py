@@ -1,5 +1,6 @@
 """Cython hot operators: text chunking, top-k similarity, BM25, prefix-cache hashing, token
-sampling from logits, and the flag-reading C callback llama.cpp calls to cut a decode step short.
+sampling from logits, the flag-reading C callback llama.cpp calls to cut a decode step short, and
+the HTTP door's accept step (admit or refuse a batch of connections without the GIL).
 
 A leaf package (imports nothing from sage_daemon or sage_client). Every operator is compiled;
 there is deliberately no pure-Python fallback: a missing build fails here, loudly.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 try:
     from cython_ops.abort import flag_callback_address, flag_is_set
+    from cython_ops.accept import AcceptGate, Outcome
     from cython_ops.bm25 import ENGLISH_STOPWORDS, BM25Index, tokenize
     from cython_ops.chunking import (
         DEFAULT_SEPARATORS,
@@ -28,10 +30,12 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
     ) from exc
 
 __all__ = [
+    "AcceptGate",
     "BM25Index",
     "DEFAULT_SEPARATORS",
     "ENGLISH_STOPWORDS",
     "MARKDOWN_SEPARATORS",
+    "Outcome",
     "chunk_text",
     "chunk_text_with_offsets",
     "chunk_texts",

@@ -50,7 +50,10 @@ class HttpConfig(_Section, frozen=True):
     public_health: bool = True
     cors_origins: list[str] = []
     backlog: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 2048
-    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
+    # 512 as Ollama's OLLAMA_MAX_QUEUE and nginx's worker_connections: on a workstation, past a few
+    # hundred open connections a fast 503 serves a client better than a place in a queue whose
+    # answers (429s included) come seconds late (benchmarks/burst.py).
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 512
     keep_alive_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     # Model names a client may ask for instead of a configured model (fnmatch patterns allowed),
     # e.g. {"claude-*" = "smollm2"} for Anthropic clients: /v1/messages and /v1/responses.

@@ -20,8 +20,8 @@ What is the libraries' (reproductions in docs/upstream/):
 * hypercorn accepts without limit, one connection per scheduler round, and the listen backlog
   is its own default (100) unless `Config.backlog` is set. `serve` accepts in a thread of its
   own and caps open connections: past `max_connections` a connection gets an immediate 503
-  with Retry-After (sent by the accept thread, not after the busy event loop gets to it)
-  instead of a reset or a wait; during the drain, new connections get a 503 `shutting_down`
+  with Retry-After (sent by the accept thread, not after the busy event loop gets to it, and
+  without the GIL: `cython_ops.AcceptGate`) instead of a reset or a wait; during the drain, new connections get a 503 `shutting_down`
   until the open ones are done.
 
 `serve` is hypercorn.trio.run.worker_serve cut down to what the daemon uses (plain TCP, one
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import resource
 import time
 import socket
@@ -53,6 +54,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr
 
+from cython_ops import AcceptGate, Outcome
 from sage_daemon.core.config import HttpConfig
 
 logger = logging.getLogger("sage.http.connections")
@@ -211,15 +213,29 @@ class ConnectionDoor:
         self.context = context
         self.state = state
         self.max_connections = max_connections
-        self.open = 0
         self.refused = 0
-        self.draining = False
-        self._lock = threading.Lock()  # `open` is counted up in the accept thread, down in the loop
-        self._too_many = refusal_bytes(
-            503, "Service Unavailable", f"the server has {max_connections} open connections (http.max_connections); retry shortly",
-            "too_many_connections", 1,
+        # Counts and refuses without the GIL (cython_ops/accept.pyx says why).
+        self._gate = AcceptGate(
+            max_connections,
+            refusal_bytes(
+                503, "Service Unavailable", f"the server has {max_connections} open connections (http.max_connections); retry shortly",
+                "too_many_connections", 1,
+            ),
+            refusal_bytes(503, "Service Unavailable", "the daemon is shutting down", "shutting_down", 5),
         )
-        self._shutting_down = refusal_bytes(503, "Service Unavailable", "the daemon is shutting down", "shutting_down", 5)
+
+    @property
+    def open(self) -> int:
+        """Connections admitted and not closed yet."""
+        return cast(int, self._gate.open)
+
+    @property
+    def draining(self) -> bool:
+        return cast(bool, self._gate.draining)
+
+    def start_draining(self) -> None:
+        """New connections get a 503 `shutting_down` from now on."""
+        self._gate.set_draining()
 
     async def accept(self, listener: socket.socket, handler_nursery: trio.Nursery) -> None:
         """Accept until cancelled; the listener stays open (the drain goes on accepting on it).
@@ -231,16 +247,21 @@ class ConnectionDoor:
         stop = threading.Event()
         token = trio.lowlevel.current_trio_token()
 
-        def spawn(fn: Callable[..., Awaitable[None]], sock: socket.socket, *args: Any) -> None:
-            def start() -> None:
+        def start_all(handlers: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]]) -> None:
+            for position, (fn, args) in enumerate(handlers):
                 try:
-                    handler_nursery.start_soon(fn, sock, *args)
+                    handler_nursery.start_soon(fn, *args)
                 except RuntimeError:  # the nursery is closed: the server is stopping
-                    self._forget(sock, fn)
+                    for fn_left, args_left in handlers[position:]:
+                        self._forget(args_left[0], fn_left)
+                    return
+
+        def spawn(handlers: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]]) -> None:
             try:
-                token.run_sync_soon(start)
+                token.run_sync_soon(start_all, handlers)  # one wake-up of the loop per batch
             except trio.RunFinishedError:
-                self._forget(sock, fn)
+                for fn, args in handlers:
+                    self._forget(args[0], fn)
 
         async with trio.open_nursery() as nursery:
             # Not abandoned on cancel: the thread is joined (it checks `stop` every 0.2 s).
@@ -253,40 +274,42 @@ class ConnectionDoor:
     def _forget(self, sock: socket.socket, fn: Callable[..., Awaitable[None]]) -> None:
         sock.close()
         if fn == self._serve:
-            with self._lock:
-                self.open -= 1
+            self._gate.connection_closed()
 
-    def _accept_loop(self, listener: socket.socket, spawn: Callable[..., None], stop: threading.Event) -> None:
-        """In the accept thread."""
-        listener.settimeout(0.2)
+    def _accept_loop(
+        self, listener: socket.socket, spawn: Callable[[list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]]], None], stop: threading.Event
+    ) -> None:
+        """In the accept thread: the gate accepts a batch and answers the refused connections
+        without the GIL; their sockets (to be read until the client closes) and the admitted ones
+        go to the loop in one call."""
+        listener.setblocking(False)
         warned_at = -1e9
+        answers = {Outcome.REFUSED_FULL: self._gate.too_many, Outcome.REFUSED_DRAINING: self._gate.shutting_down}
         while not stop.is_set():
-            try:
-                sock, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if exc.errno in _IGNORED_ACCEPT_ERRNOS:
-                    continue  # that connection is gone already
-                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise
-                # New connections wait in the backlog meanwhile; raise_nofile_limit says how to avoid it.
-                if time.monotonic() - warned_at > 10:
-                    warned_at = time.monotonic()
-                    logger.warning("accept failed (%s): out of descriptors with %d connections open", errno.errorcode[exc.errno], self.open)
-                stop.wait(0.1)
-                continue
-            sock.setblocking(False)
-            with self._lock:
-                refuse = self.draining or self.open >= self.max_connections
-                if not refuse:
-                    self.open += 1  # counted here: the cap holds however fast they come
-            if refuse:
+            accepted, error = self._gate.accept_batch(listener.fileno(), 200)
+            handlers: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]] = []
+            for fd, outcome, sent in accepted:
+                sock = socket.socket(fileno=fd)
+                sock.setblocking(False)
+                if outcome == Outcome.ADMITTED:
+                    handlers.append((self._serve, (sock,)))
+                    continue
                 self.refused += 1
-                answer = self._shutting_down if self.draining else self._too_many
-                spawn(self._linger, sock, self._answer_now(sock, answer))
-            else:
-                spawn(self._serve, sock)
+                if sent < 0:
+                    sock.close()  # the client is gone already
+                else:
+                    handlers.append((self._linger, (sock, answers[outcome][sent:])))
+            if handlers:
+                spawn(handlers)
+            if not error or error in _IGNORED_ACCEPT_ERRNOS:
+                continue  # an ignored one concerned only the connection being accepted
+            if error not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                raise OSError(error, os.strerror(error))
+            # New connections wait in the backlog meanwhile; raise_nofile_limit says how to avoid it.
+            if time.monotonic() - warned_at > 10:
+                warned_at = time.monotonic()
+                logger.warning("accept failed (%s): out of descriptors with %d connections open", errno.errorcode[error], self.open)
+            stop.wait(0.1)
 
     async def _serve(self, sock: socket.socket) -> None:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
@@ -295,27 +318,7 @@ class ConnectionDoor:
             await _TCPServer(self.app, self.config, self.context, self.state, cast(Any, stream)).run()
         finally:
             await trio.aclose_forcefully(stream)
-            with self._lock:
-                self.open -= 1
-
-    @staticmethod
-    def _answer_now(sock: socket.socket, answer: bytes) -> bytes:
-        """Send the refusal without waiting (a fresh socket's send buffer takes it whole, as a
-        rule) and half-close; returns what is left to send. The answer goes out before the
-        request is read (HTTP lets a server answer early, as with a 413 before the body);
-        _linger reads the request afterwards."""
-        try:
-            sent = sock.send(answer)
-        except BlockingIOError:
-            return answer
-        except OSError:
-            return b""  # the client is gone already
-        if sent == len(answer):
-            try:
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        return answer[sent:]
+            self._gate.connection_closed()
 
     async def _linger(self, sock: socket.socket, unsent: bytes) -> None:
         """Finish a refusal: send what is left, then read until the client closes before
@@ -391,7 +394,7 @@ async def serve(
                     # As hypercorn: open connections finish their request (idle ones close now)
                     # within the grace; meanwhile new ones are answered, not left in the backlog.
                     await context.terminated.set()
-                    door.draining = True
+                    door.start_draining()
                     server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
                     server_nursery.start_soon(door.refuse_until_idle, listeners)
         finally:
