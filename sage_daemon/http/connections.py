@@ -50,6 +50,7 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.events import Event, RawData
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr
@@ -194,6 +195,29 @@ def refusal_bytes(status: int, reason: str, message: str, code: str, retry_after
 
 
 class _TCPServer(TCPServer):
+    def __init__(self, app: Any, config: Config, context: WorkerContext, state: ConnectionState, stream: trio.SocketStream, raw: socket.socket):
+        # hypercorn's annotation says SSLStream; a plain SocketStream is its non-TLS path.
+        super().__init__(app, config, context, state, cast(Any, stream))
+        self._raw = raw  # the stdlib socket the stream wraps (the same descriptor)
+
+    async def protocol_send(self, event: Event) -> None:
+        """hypercorn's, with a fast path: when no other write is in progress, the bytes go to
+        the socket with one non-blocking send. hypercorn takes the connection's lock and calls
+        trio's send_all, two scheduler rounds per write (the lock's checkpoint and the send's)
+        even when the kernel takes everything at once, which it does for an SSE event or a
+        small reply; that was most of what a streamed token cost the event loop beyond the
+        engine (docs/BENCHMARKS.md, issue 23). What the kernel does not take (a slow reader)
+        goes the usual way, in order, under the lock."""
+        if isinstance(event, RawData) and event.data and not self.send_lock.locked() and not self.stream.socket.did_shutdown_SHUT_WR:
+            try:
+                sent = self._raw.send(event.data)
+            except OSError:  # full (EAGAIN), or broken: send_all below says which, as before
+                sent = 0
+            if sent == len(event.data):
+                return
+            event = RawData(data=event.data[sent:], address=event.address)
+        await super().protocol_send(event)
+
     async def _read_data(self) -> None:
         await super()._read_data()
         # The read side is over (the client closed, reset, or we closed). hypercorn would now
@@ -314,8 +338,7 @@ class ConnectionDoor:
     async def _serve(self, sock: socket.socket) -> None:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         try:
-            # hypercorn's annotation says SSLStream; a plain SocketStream is its non-TLS path.
-            await _TCPServer(self.app, self.config, self.context, self.state, cast(Any, stream)).run()
+            await _TCPServer(self.app, self.config, self.context, self.state, stream, sock).run()
         finally:
             await trio.aclose_forcefully(stream)
             self._gate.connection_closed()
