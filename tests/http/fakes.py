@@ -45,6 +45,7 @@ def fake_vector(text: str) -> list[float]:
 class FakeControlPlane:
     """Prompts steer it: QUEUE_FULL → 429, OVERFLOW → context overflow, BUG → a plain bug,
     FAIL_MIDSTREAM → an engine error after two chunks, SLOW → tokens every 50 ms until closed,
+    COUNT → numbered tokens (" t0", " t1", ...) without pause until max_tokens,
     RESTARTING → the engine is restarting (EngineError, as the real engines raise it), ERROR_CHUNK
     → a chunk that reports a failure. Embedding inputs "RESTARTING" and "BUG" do the same."""
 
@@ -125,6 +126,9 @@ class FakeControlPlane:
                     if "SLOW" in text:
                         await trio.sleep(0.05)
                         word = " tick"
+                    elif "COUNT" in text:  # numbered tokens as fast as they are read, up to max_tokens
+                        await trio.lowlevel.checkpoint()
+                        word = f" t{produced}"
                     else:
                         await trio.lowlevel.checkpoint()
                         if produced >= len(words):

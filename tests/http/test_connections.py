@@ -376,3 +376,79 @@ async def test_requests_with_bodies_on_any_method_never_hang_the_connection(make
             assert conn.closed, "answered with Connection: close but left open"
     assert answered == len(requests)
     await conn.aclose()
+
+
+# -- the fast write path and a slow reader ------------------------------------------------------
+
+
+def _stream_request(port: int, tokens: int) -> bytes:
+    body = json.dumps({"model": "chatty", "messages": [{"role": "user", "content": "COUNT"}], "stream": True, "max_tokens": tokens}).encode()
+    # HTTP/1.0: the body ends at the close (no chunked framing to take apart here).
+    return b"POST /v1/chat/completions HTTP/1.0\r\nHost: test\r\nContent-Type: application/json\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def _small_window_socket(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window follows it
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+async def test_a_slow_reader_gets_every_event_once_in_order(make_fake_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write goes straight to the socket while the kernel takes it; when a client stops
+    reading, the rest goes hypercorn's way (its lock and send_all), and nothing is lost, doubled
+    or reordered: every token once, in order, then [DONE]."""
+    from hypercorn.events import RawData
+    from hypercorn.trio.tcp_server import TCPServer
+
+    queued: list[int] = []
+    hypercorns_send = TCPServer.protocol_send
+
+    async def counting_send(self: Any, event: Any) -> None:
+        if isinstance(event, RawData):
+            queued.append(len(event.data))
+        await hypercorns_send(self, event)
+
+    monkeypatch.setattr(TCPServer, "protocol_send", counting_send)
+    fake = await make_fake_daemon()
+    port = port_of(fake)
+    tokens = 4000
+
+    def slow_client() -> bytes:
+        with _small_window_socket(port) as sock:
+            sock.sendall(_stream_request(port, tokens))
+            time.sleep(1.5)  # the server's writes fill both buffers meanwhile
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            return data
+
+    data = await trio.to_thread.run_sync(slow_client)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    events = [e.removeprefix(b"data: ") for e in body.split(b"\n\n") if e]
+    assert events[-1] == b"[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    texts = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert texts == [f" t{k}" for k in range(tokens)]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert queued, "the client's window never filled: the test did not reach the lock path"
+
+
+async def test_a_client_that_leaves_while_writes_wait_frees_its_stream(make_fake_daemon: Any) -> None:
+    fake = await make_fake_daemon()
+    port = port_of(fake)
+
+    def leaving_client() -> int:
+        with _small_window_socket(port) as sock:
+            sock.sendall(_stream_request(port, 1_000_000))
+            time.sleep(0.5)  # writes are waiting on the full window now
+            return len(sock.recv(8192))
+
+    assert await trio.to_thread.run_sync(leaving_client) > 0
+    with trio.fail_after(10):
+        while fake.control.running or not fake.control.closed_streams:
+            await trio.sleep(0.05)
+    async with fake.client() as client:  # the door goes on serving
+        assert (await client.get("/health")).status_code == 200
