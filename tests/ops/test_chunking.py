@@ -188,6 +188,37 @@ def test_large_document_across_default_slabs(kind_char, keep):
     check_all(text, 120, 0, ["\n\n\n", "\n", " ", ""], keep)
 
 
+@pytest.mark.parametrize("kind_char", ["", "中"], ids=["ucs1-ascii", "ucs2"])
+def test_document_of_a_few_slabs_indexed_whole(kind_char):
+    # Texts of up to 4 slabs (262,144 chars at the default 65,536) are indexed in one go; the
+    # splitter's index hints (the position each recursion starts at) must give the same chunks.
+    base = _stdlib_file("textwrap.py") + _stdlib_file("argparse.py")
+    text = (kind_char + base) * 2
+    text = text[: 65535] + "\n\n\n" + text[65535:]
+    assert 65536 < len(text) <= 4 * 65536
+    for keep in (True, False, "end"):
+        check_all(text, 500, 50, None, keep)
+        check_all(text, 200, 20, ["\n\n\n", "\n\n", "\n", " ", ""], keep)
+
+
+def test_successive_calls_share_no_state():
+    # chunk_text keeps one splitter between calls: a call with other arguments, a failed call or
+    # a batch in between must not change the next call's result.
+    text = _stdlib_file("textwrap.py")
+    expected = langchain_chunks(text, 300, 30)
+    assert chunk_text(text, 300, 30) == expected
+    assert chunk_text("a b " * 500, 7, 3, [" ", ""], False) == langchain_chunks("a b " * 500, 7, 3, [" ", ""], False)
+    with pytest.raises(ValueError):
+        chunk_text(text, 10, 10)
+    with pytest.raises(ValueError):
+        chunk_text(text, 10, 1, ["\n#{1,6} ", "x"], is_separator_regex=True, keep_separator="middle")
+    assert chunk_texts([text, "", text[:1000]], 300, 30)[0] == expected
+    got, offsets = chunk_text_with_offsets(text, 300, 30)
+    assert got == expected and all(text[o : o + len(c)] == c for o, c in zip(offsets, got))
+    assert chunk_text(text, 300, 30) == expected
+    assert chunk_text("", 300, 30) == []
+
+
 # --- the splitter thread ------------------------------------------------------------------------
 # With 2 threads a second thread decides the chunks (no GIL) and hands them over in batches while
 # the calling thread builds their strings. _set_threads(n, min_chars=0) forces either mode on any
