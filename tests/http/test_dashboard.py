@@ -243,6 +243,8 @@ def tab(browser: Any, live: LiveDaemon, tmp_path: Path) -> Iterator[Page]:
 
 @needs_chromium
 def test_login_form_then_the_overview_with_the_real_models(browser: Any, live: LiveDaemon, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
     tab = Page(browser, live.url, tmp_path)
     page = tab.open()
     page.wait_for_selector("#login-form")
@@ -252,14 +254,16 @@ def test_login_form_then_the_overview_with_the_real_models(browser: Any, live: L
     tab.allowed.append("status of 401")  # the wrong key's answer (Chromium logs it), as wanted
     page.fill("#login-key", "not-the-key")
     page.click("#login-submit")
-    page.wait_for_function("document.getElementById('login-error').textContent.length > 0")
+    # Locator assertions, not wait_for_function: a string predicate is eval'd in the page, which
+    # the dashboard's CSP forbids once the first check fails and polling starts.
+    expect(page.locator("#login-error")).not_to_be_empty(timeout=30_000)
     assert page.query_selector("#page") is None
     page.fill("#login-key", KEY)
     page.click("#login-submit")
     page.wait_for_selector("#overview-models [data-model='minilm']")
     listed = page.eval_on_selector_all("#overview-models [data-model]", "els => els.map(e => e.dataset.model)")
     assert listed == ["smollm2", "gemma3-270m", "minilm"]
-    page.wait_for_function("document.getElementById('live').dataset.state === 'live'")
+    expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=30_000)
     assert page.inner_text("[data-field='state']") == "serving"
     assert page.evaluate("sessionStorage.getItem('sage.apiKey')") == KEY
     tab.shot("overview")
@@ -290,6 +294,8 @@ def test_a_playground_chat_streams_tokens_into_the_page(tab: Page) -> None:
 
 @needs_chromium
 def test_a_job_started_from_the_page_reaches_100_percent(tab: Page) -> None:
+    from playwright.sync_api import expect
+
     page = tab.open("jobs")
     page.wait_for_selector("#job-form")
     items = ", ".join(f'{{ id = "n{n}", text = "note number {n}" }}' for n in range(12))
@@ -297,7 +303,7 @@ def test_a_job_started_from_the_page_reaches_100_percent(tab: Page) -> None:
     page.click("#job-form button[type='submit']")
     page.wait_for_selector("#job-progress[data-percent='100']", timeout=60_000)
     assert "succeeded" in page.inner_text("#job-state")
-    page.wait_for_function("document.getElementById('job-logs').textContent.includes('succeeded')")
+    expect(page.locator("#job-logs")).to_contain_text("succeeded", timeout=30_000)
     assert page.eval_on_selector_all("#job-detail tbody tr progress", "els => els.every(e => e.value === 100)")
     tab.shot("jobs")
 
