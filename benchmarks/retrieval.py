@@ -182,7 +182,7 @@ def rag_pipeline() -> tuple[list[dict[str, Any]], int, int, list[str] | None, st
     return list(source_items(files, base_dir)), chunk.size, chunk.overlap, chunk.separators, embed.model
 
 
-def chunk_files(items: list[dict[str, Any]], size: int, overlap: int, separators: list[str] | None) -> list[Chunk]:
+def chunk_files(items: list[dict[str, Any]], size: int, overlap: int, separators: list[Any] | None) -> list[Chunk]:
     """Chunks as the job's chunk stage makes them (ids "README.md#3"), each checked to be the
     text at its offset (the correctness rule depends on it)."""
     from cython_ops import chunk_text_with_offsets
@@ -440,12 +440,18 @@ def main() -> None:
 
         cross = CrossEncoder(args.cross_encoder, device="cpu")
 
-    chunkings: list[tuple[str, list[str] | None]] = [("as examples/rag.toml" + ("" if separators else " (default separators)"), separators)]
     markdown = getattr(cython_ops, "MARKDOWN_SEPARATORS", None)
+    if separators == "markdown":  # the job's chunk stage maps the preset name the same way (jobs/operators.py)
+        if markdown is None:
+            raise SystemExit("examples/rag.toml asks for markdown separators, which this checkout's cython_ops lacks")
+        separators = list(markdown)
+    chunkings: list[tuple[str, list[Any] | None]] = [("default separators", None)]
     if markdown is not None:
-        chunkings.append(("cython_ops.MARKDOWN_SEPARATORS", list(markdown)))
+        chunkings.append(("cython_ops.MARKDOWN_SEPARATORS" + (" (as examples/rag.toml)" if separators == list(markdown) else ""), list(markdown)))
     else:
         print("cython_ops.MARKDOWN_SEPARATORS: absent in this checkout (one chunking measured)")
+    if separators and separators != list(markdown or []):
+        chunkings.append(("as examples/rag.toml", separators))
 
     all_results: list[Result] = []
     for label, seps in chunkings:
