@@ -197,7 +197,9 @@ class Daemon:
                 http_url=f"http://{'[' + host + ']' if ':' in host else host}:{port}",
             )
             hf_cache = hf_cache_dir(config.paths.hf_cache_dir, self.paths.data_dir)
-            pulls = PullManager(hf_cache, token=os.environ.get("HF_TOKEN") or None, endpoint=os.environ.get("HF_ENDPOINT") or None)
+            # A pull yields the cores to chats waiting for their first token (besides running at nice 19).
+            pulls = PullManager(hf_cache, token=os.environ.get("HF_TOKEN") or None, endpoint=os.environ.get("HF_ENDPOINT") or None,
+                                pause=control.pause_for_interactive)
             services.models = ModelAdmin(catalog, control, self.paths.data_dir, hf_cache, config.paths.models_dir, pulls)
             services.jobs = JobManager(
                 config.jobs, self.paths.state_dir, self.paths.data_dir, control, node, config.control.reserved_interactive_slots,

@@ -8,6 +8,7 @@ typed so each door can answer in its own shape (OpenAI errors on HTTP, codes on 
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -197,6 +198,10 @@ class ServedControlPlane(ControlPlaneAPI, Protocol):
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled (engine supervision, dispatching)."""
+
+    def pause_for_interactive(self, cancelled: threading.Event) -> None:
+        """Called between chunks of background work outside the engines (a model pull), on that
+        work's thread: waits (bounded) while an interactive request waits for its first token."""
 
     def stop_accepting(self) -> None:
         """Refuse new work with ShuttingDownError; fail what still waits; in-flight work drains."""

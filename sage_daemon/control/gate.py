@@ -16,6 +16,7 @@ GateKind = Literal["llm", "embedding"]
 
 
 BACKGROUND_HOLD_S = 0.5  # the longest a background batch waits for an interactive first token
+_PAUSE_SLICE_S = 0.05  # how often a paused outside worker looks at its cancel flag
 
 
 class CpuGate:
@@ -73,6 +74,20 @@ class CpuGate:
             self._last = kind
             self.steps[kind] += 1
             self._held_since = time.monotonic()
+
+    def pause_for_interactive(self, cancelled: threading.Event | None = None, max_s: float = BACKGROUND_HOLD_S) -> float:
+        """Background work outside the engines (a model pull) calls this between two of its
+        chunks, on its own thread: it returns once no interactive request waits for its first
+        token, after `max_s` at most (so a steady stream of chats slows the work, never stops
+        it), or when `cancelled` is set. Returns the seconds it waited."""
+        start = time.monotonic()
+        with self._cond:
+            while self.interactive_pending > 0 and not (cancelled is not None and cancelled.is_set()):
+                left = start + max_s - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, _PAUSE_SLICE_S))
+        return time.monotonic() - start
 
     def yield_to_interactive(self, kind: GateKind) -> None:
         """The holder (`kind`), between two parts of a background step: if an interactive request

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -550,6 +551,11 @@ class ControlPlane:
         log(logger, logging.INFO, "scheduling policy changed", previous=previous, policy=name)
         self._poke()
         return previous
+
+    def pause_for_interactive(self, cancelled: threading.Event) -> None:
+        """A pull between two chunks: the gate holds it (≤ BACKGROUND_HOLD_S a chunk) while a chat
+        waits for its first token, as it holds background embedding batches."""
+        self.gate.pause_for_interactive(cancelled)
 
     def stop_accepting(self) -> None:
         """Refuse new work; fail what still waits (the in-flight work drains)."""

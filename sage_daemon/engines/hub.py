@@ -95,7 +95,12 @@ Phase = Literal["resolving", "downloading", "verifying", "done"]
 DEFAULT_QUANTS: tuple[str, ...] = ("Q4_K_M", "Q8_0")
 PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress events a second
 RATE_WINDOW_S = 3.0  # bytes/s over the last few seconds
-_HASH_CHUNK = 8 << 20
+_HASH_CHUNK = 1 << 20  # a piece between two `pause` calls: ~1-3 ms of sha256
+READ_CHUNK = 1 << 20
+"""The pieces http_get hands over (huggingface_hub's DOWNLOAD_CHUNK_SIZE, 10 MB by default, is
+set to this for the daemon's process): a pull looks at `pause` after each, so it steps aside
+within a piece's time (~2-10 ms) of a chat arriving rather than a 10 MB chunk's (~30-100 ms,
+as long as the chat's whole time to first token)."""
 _PARTIAL_DIR = ".sage-partial"  # per repo: which etag each path's partial download has
 
 
@@ -471,10 +476,11 @@ class _Reporter:
     """Turns byte counts into throttled PullProgress events (called from the download thread)."""
 
     def __init__(self, ref: str, on_progress: Callable[[PullProgress], None] | None, cancelled: threading.Event,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, pause: Callable[[threading.Event], None] | None = None):
         self.ref = ref
         self.on_progress = on_progress
         self.cancelled = cancelled
+        self.pause = pause
         self.clock = clock
         self.total = 0
         self.completed = 0
@@ -487,6 +493,18 @@ class _Reporter:
     def check_cancelled(self) -> None:
         if self.cancelled.is_set():
             raise PullCancelled(f"pull of {self.ref} cancelled")
+
+    def pause_here(self) -> None:
+        """`pause` without the cancel check (for the hashing thread, which must not raise)."""
+        if self.pause is not None:
+            self.pause(self.cancelled)
+
+    def between_chunks(self) -> None:
+        """After each chunk fetched or hashed: wait while `pause` says so (the daemon's: a chat
+        waits for its first token), then stop here if cancelled."""
+        if self.pause is not None:
+            self.pause(self.cancelled)
+        self.check_cancelled()
 
     def set(self, phase: Phase, file: str | None = None) -> None:
         self.phase, self.file = phase, file
@@ -533,8 +551,10 @@ class _HashingWriter:
 
     _RESET = (-1, b"")
 
-    def __init__(self, file: BinaryIO, path: str, offset: int, *, hashing: bool = True, queue_chunks: int = 4):
+    def __init__(self, file: BinaryIO, path: str, offset: int, *, hashing: bool = True, queue_chunks: int = 32,
+                 pause: Callable[[], None] | None = None):
         self.file = file
+        self._pause = pause  # the hashing thread calls it after each chunk, as the download does
         self.offset = offset  # where the next write lands (the file is only appended to)
         self.hashing = hashing
         self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=queue_chunks)
@@ -603,6 +623,8 @@ class _HashingWriter:
                 if self._pos >= offset and not self._broken:
                     self._hash.update(memoryview(data)[self._pos - offset:])
                     self._pos = offset + len(data)
+                if self._pause is not None:
+                    self._pause()
         except OSError:
             self._broken = True
 
@@ -641,7 +663,7 @@ def _sha256_file(path: str | Path, reporter: _Reporter | None = None) -> str:
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
             if reporter is not None:
-                reporter.check_cancelled()
+                reporter.between_chunks()
     return h.hexdigest()
 
 
@@ -685,11 +707,11 @@ def _progress_class(state: _FileDownload) -> type:
             n = int(n or 0)
             self.n += n
             self._count(n)
-            state.reporter.check_cancelled()
+            state.reporter.between_chunks()
             return None
 
         def update_transfer(self, n: int) -> None:
-            state.reporter.check_cancelled()
+            state.reporter.between_chunks()
 
         def refresh(self, *args: Any, **kwargs: Any) -> None:
             pass
@@ -955,8 +977,9 @@ def _fetch_locked(f: RepoFile, size: int, url: str, headers: dict[str, str], xet
             resume = 0
         if xet and resume == 0 and size > constants.MAX_HTTP_DOWNLOAD_SIZE:
             return f"{size / 1e9:.0f} GB is over huggingface_hub's plain-HTTP limit"
+        constants.DOWNLOAD_CHUNK_SIZE = READ_CHUNK  # the same value every time: no restore, no race
         with open(partial, "ab") as raw:
-            writer = _HashingWriter(raw, str(partial), resume, hashing=verify and bool(f.sha256))
+            writer = _HashingWriter(raw, str(partial), resume, hashing=verify and bool(f.sha256), pause=state.reporter.pause_here)
             try:
                 http_get(url, cast(BinaryIO, writer), resume_size=resume, headers=headers, expected_size=size,
                          displayed_filename=f.path, tqdm_class=cast(Any, _progress_class(state)))
@@ -1056,7 +1079,8 @@ def _free_bytes(path: Path) -> tuple[int, Path]:
 
 def pull_blocking(plan_or_ref: PullPlan | HubRef | str, cache_dir: str | Path, token: str | None = None, endpoint: str | None = None,
                   on_progress: Callable[[PullProgress], None] | None = None, cancelled: threading.Event | None = None, *,
-                  mmproj: bool = False, download_weights: bool = False, verify: bool = True) -> PulledModel:
+                  mmproj: bool = False, download_weights: bool = False, verify: bool = True,
+                  pause: Callable[[threading.Event], None] | None = None) -> PulledModel:
     """Download what the plan says into huggingface_hub's cache under `cache_dir`; blocking.
 
     Calls `on_progress` (on this thread, ≤ ~10/s, plus at each phase change and a final "done"
@@ -1066,7 +1090,8 @@ def pull_blocking(plan_or_ref: PullPlan | HubRef | str, cache_dir: str | Path, t
     HubIntegrityError on a checksum mismatch (the partial is deleted: the next pull starts over),
     DiskFullError when the free space cannot hold what is left to fetch. `verify=False` skips our
     checksum (huggingface_hub's size check stays): for a trusted mirror on a CPU-starved machine,
-    where hashing competes with the download."""
+    where hashing competes with the download. `pause(cancelled)` is called after every chunk
+    fetched or hashed (the daemon's holds the pull while a chat waits for its first token)."""
     from huggingface_hub import constants
 
     cancelled = cancelled or threading.Event()
@@ -1075,7 +1100,7 @@ def pull_blocking(plan_or_ref: PullPlan | HubRef | str, cache_dir: str | Path, t
     ref_text = str(plan_or_ref) if not isinstance(plan_or_ref, PullPlan) else plan_or_ref.ref or plan_or_ref.repo
     if isinstance(plan_or_ref, str):
         ref_text = str(parse_ref(plan_or_ref))
-    reporter = _Reporter(ref_text, on_progress, cancelled)
+    reporter = _Reporter(ref_text, on_progress, cancelled, pause=pause)
     reporter.set("resolving")
     if constants.is_offline_mode():
         raise HubUnavailableError("HF_HUB_OFFLINE is set: unset it to pull models")
@@ -1246,10 +1271,12 @@ class PullManager:
     - `run` owns the pulls; cancelling it cancels them all and waits for their threads to stop.
     """
 
-    def __init__(self, cache_dir: str | Path, *, token: str | None = None, endpoint: str | None = None):
+    def __init__(self, cache_dir: str | Path, *, token: str | None = None, endpoint: str | None = None,
+                 pause: Callable[[threading.Event], None] | None = None):
         self.cache_dir = Path(cache_dir)
         self.token = token
         self.endpoint = endpoint
+        self.pause = pause  # between chunks: the control plane's hold while chats wait (pull_blocking)
         self._jobs: dict[tuple[str, ...], _Job] = {}
         self._nursery: trio.Nursery | None = None
         self._pull_blocking = pull_blocking  # a seam for tests
@@ -1308,7 +1335,7 @@ class PullManager:
             trio.from_thread.run_sync(job.publish, event, trio_token=token)
 
         fn = partial(self._pull_blocking, job.ref, self.cache_dir, self.token, self.endpoint, on_progress, job.cancelled,
-                     mmproj=mmproj, download_weights=download_weights)
+                     mmproj=mmproj, download_weights=download_weights, pause=self.pause)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._cancel_on_exit, job)

@@ -326,3 +326,32 @@ def test_the_cpu_gate_counts_how_long_each_engine_kind_held_the_cores() -> None:
     assert 0.05 <= gate.held_s["embedding"] < 0.5
     assert 0.02 <= gate.held_s["llm"] < 0.45
     assert gate.steps == {"llm": 1, "embedding": 1}
+
+
+def test_outside_work_pauses_while_a_chat_waits_for_its_first_token_and_no_longer() -> None:
+    """A pull calls the gate's pause between chunks: it returns at once when no chat waits, as soon
+    as the waiting chat's first token is out, after max_s under a steady stream of chats, and when
+    the pull is cancelled."""
+    import threading
+    import time
+
+    from sage_daemon.control.gate import CpuGate
+
+    gate = CpuGate()
+    assert gate.pause_for_interactive(max_s=5) < 0.05  # nobody waits: no pause
+
+    gate.set_interactive_pending(1)
+    threading.Timer(0.15, gate.set_interactive_pending, args=(0,)).start()
+    waited = gate.pause_for_interactive(max_s=5)
+    assert 0.1 <= waited < 1.0, waited  # until the first token, not the bound
+
+    gate.set_interactive_pending(1)
+    waited = gate.pause_for_interactive(max_s=0.2)
+    assert 0.19 <= waited < 1.0, waited  # chats keep coming: the work goes on after max_s
+
+    cancelled = threading.Event()
+    threading.Timer(0.1, cancelled.set).start()
+    start = time.monotonic()
+    gate.pause_for_interactive(cancelled, max_s=5)
+    assert time.monotonic() - start < 1.0  # a cancelled pull is not held
+    gate.set_interactive_pending(0)

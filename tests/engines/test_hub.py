@@ -550,7 +550,8 @@ async def test_two_pulls_of_one_ref_download_once(server: FakeHub, tmp_path: Pat
         await nursery.start(manager.run)
         async with trio.open_nursery() as pulls:
             pulls.start_soon(follow, manager, f"hf:{GGUF_REPO}:Q4_1", a)
-            await trio.sleep(0.3)
+            while not any(e.completed for e in a):  # the first pull is downloading (not a fixed sleep: a busy machine)
+                await trio.sleep(0.01)
             pulls.start_soon(follow, manager, f"{GGUF_REPO.lower()}:q4_1", b)  # the same ref, spelled otherwise
         nursery.cancel_scope.cancel()
     assert server.gets == {(GGUF_REPO, Q4): 1} and server.api_calls == 1
@@ -651,3 +652,32 @@ async def test_pulls_run_at_background_cpu_priority_and_leave_trio_threads_alone
     assert seen["download"] == hub.PULL_NICE
     after = await trio.to_thread.run_sync(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
     assert after == base, "trio's worker threads are not lowered"
+
+
+def test_a_pull_holds_between_chunks_while_a_chat_waits_for_its_first_token(server: FakeHub, tmp_path: Path) -> None:
+    """The daemon hands pulls the CPU gate's pause: with a chat waiting for its first token the
+    download stops after the chunk in hand, and goes on at full speed once the token is out."""
+    from sage_daemon.control.gate import CpuGate
+
+    gate = CpuGate()
+    calls: list[float] = []
+
+    def pause(cancelled: threading.Event) -> None:
+        calls.append(gate.pause_for_interactive(cancelled, max_s=30))
+
+    events: list[PullProgress] = []
+    gate.set_interactive_pending(1)
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(model=pull_blocking(
+        f"hf:{GGUF_REPO}:Q4_1", tmp_path, endpoint=server.url, on_progress=events.append, pause=pause)))
+    worker.start()
+    time.sleep(0.5)
+    size = smollm_gguf().stat().st_size
+    held_at = max((e.completed for e in events), default=0)
+    assert held_at < size // 2, f"the pull went on while a chat waited: {held_at} of {size} bytes"
+    assert calls == []  # the first pause is still holding
+    gate.set_interactive_pending(0)
+    worker.join(60)
+    assert result["model"].size_bytes == size
+    assert len(calls) >= 2  # once per chunk
+    assert calls[0] >= 0.4 and all(c < 0.1 for c in calls[1:])  # held once, then not at all

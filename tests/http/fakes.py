@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 import math
+import threading
 from collections.abc import AsyncIterator
 
 import trio
@@ -209,6 +210,9 @@ class FakeControlPlane:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         await trio.sleep_forever()
+
+    def pause_for_interactive(self, cancelled: threading.Event) -> None:
+        pass
 
     def stop_accepting(self) -> None:
         self.accepting = False
