@@ -711,7 +711,7 @@ def _progress_class(state: _FileDownload) -> type:
             return None
 
         def update_transfer(self, n: int) -> None:
-            state.reporter.between_chunks()
+            state.reporter.check_cancelled()  # http_get calls update (which pauses) for the same chunk
 
         def refresh(self, *args: Any, **kwargs: Any) -> None:
             pass
