@@ -502,8 +502,7 @@ class _Reporter:
     def between_chunks(self) -> None:
         """After each chunk fetched or hashed: wait while `pause` says so (the daemon's: a chat
         waits for its first token), then stop here if cancelled."""
-        if self.pause is not None:
-            self.pause(self.cancelled)
+        self.pause_here()
         self.check_cancelled()
 
     def set(self, phase: Phase, file: str | None = None) -> None:
