@@ -9,6 +9,7 @@ Hugging Face Hub. File work runs on worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -128,27 +129,50 @@ class ModelAdmin:
         return p.ModelRemoved(params.name, restored is not None, purged)
 
     def _purge(self, model: ModelConfig) -> int:
-        """Delete a removed model's files when they lie in the daemon's pull cache and no other
-        served model uses them (never a user's own file)."""
-        path = Path(model.sources.llamacpp or model.sources.sentence_transformers)
-        cache = self.hf_cache.resolve()
-        try:
-            relative = path.resolve().relative_to(cache)
-        except ValueError:
+        """Delete a removed model's downloads when they lie in the daemon's pull cache and no other
+        served model uses them (never a user's own file): its snapshot entries (a GGUF's file, every
+        part of a split one, or a sentence-transformers folder) and the blobs they link to. The
+        repo's folder goes once no snapshot entry of it is left, so another quant pulled from the
+        same repo and not removed stays."""
+        files = self._pulled_files(model)
+        if not files:
             return 0
-        repo_dir = cache / relative.parts[0]
-        in_use = any(
-            Path(src).resolve().is_relative_to(repo_dir)
-            for m in self.catalog.models()
-            for src in (m.sources.llamacpp, m.sources.sentence_transformers)
-            if src and not src.startswith(("package:", "assemble:"))
-        )
-        if in_use or not repo_dir.name.startswith("models--"):
-            return 0
-        size = sum(f.stat().st_size for f in repo_dir.rglob("*") if f.is_file() and not f.is_symlink())
-        shutil.rmtree(repo_dir)
-        shutil.rmtree(cache / ".locks" / repo_dir.name, ignore_errors=True)  # huggingface_hub's lock files for it
+        blobs = {f.resolve() for f in files}
+        for other in self.catalog.models():
+            if blobs & {f.resolve() for f in self._pulled_files(other)}:
+                return 0
+        size = sum(b.stat().st_size for b in blobs if b.is_file())
+        for entry in files:
+            entry.unlink(missing_ok=True)
+        for blob in blobs:
+            blob.unlink(missing_ok=True)
+        repo_dir = self.hf_cache.resolve() / files[0].relative_to(self.hf_cache.resolve()).parts[0]
+        if not any(f.is_file() for f in (repo_dir / "snapshots").rglob("*")):
+            shutil.rmtree(repo_dir)
+            shutil.rmtree(self.hf_cache.resolve() / ".locks" / repo_dir.name, ignore_errors=True)  # huggingface_hub's lock files for it
+        else:
+            for folder in sorted({f.parent for f in files}, key=lambda d: len(d.parts), reverse=True):
+                with contextlib.suppress(OSError):  # not empty: another model's files are there
+                    folder.rmdir()
         return size
+
+    def _pulled_files(self, model: ModelConfig) -> list[Path]:
+        """The snapshot entries of `model` in the pull cache (links into `blobs/`), [] for anything else."""
+        from sage_daemon.engines import hub
+
+        source = model.sources.llamacpp or model.sources.sentence_transformers
+        if not source or source.startswith(("package:", "assemble:")):
+            return []
+        path = Path(os.path.realpath(Path(source).parent)) / Path(source).name  # the entry, not the blob it links to
+        try:
+            parts = path.relative_to(self.hf_cache.resolve()).parts
+        except ValueError:
+            return []
+        if len(parts) < 3 or not parts[0].startswith("models--") or parts[1] != "snapshots" or not os.path.lexists(path):
+            return []
+        if path.is_dir():
+            return sorted(f for f in path.rglob("*") if f.is_file())
+        return hub.gguf_parts(path)
 
     async def show(self, name: str) -> p.ModelDetail:
         info = self.control.get_model(name)

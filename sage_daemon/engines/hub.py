@@ -271,6 +271,14 @@ def _split_info(path: str) -> tuple[str, int, int]:
     return name, 1, 1
 
 
+def gguf_parts(path: Path) -> list[Path]:
+    """The files of the GGUF model at `path` in its folder: itself, or every part of a split one."""
+    prefix, _, count = _split_info(path.name)
+    if count <= 1:
+        return [path]
+    return sorted(p for p in path.parent.iterdir() if _split_info(p.name)[0] == prefix and _split_info(p.name)[2] == count)
+
+
 def gguf_tag(path: str) -> str | None:
     """The quant tag a GGUF file name carries (`...-Q4_K_M.gguf`, `....Q8_0-00001-of-00002.gguf`), upper case."""
     if not path.lower().endswith(".gguf"):

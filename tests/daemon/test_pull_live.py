@@ -96,7 +96,11 @@ def test_pull_add_chat_embed_restart_and_purge(tmp_path: Path, hub: FakeHub) -> 
         assert removed["purged_bytes"] > 20_000_000
         assert not list((tmp_path / "d" / "data").rglob("models--sentence-transformers--all-MiniLM-L6-v2"))
         removed = ctl(daemon, "models", "rm", "pulled", "--purge")[0]
-        assert removed["purged_bytes"] >= smollm_gguf().stat().st_size
+        assert removed["purged_bytes"] == smollm_gguf().stat().st_size  # its file, nothing else of the repo
+        data = tmp_path / "d" / "data"
+        assert not list(data.rglob("SmolLM2-135M-Instruct-Q4_1.gguf"))
+        kept = list(data.rglob("SmolLM2-135M-Instruct-Q8_0.gguf"))
+        assert kept and kept[0].resolve().stat().st_size == 300_000  # another quant of the repo, pulled and not removed, stays
     finally:
         daemon.stop()
 
