@@ -705,6 +705,7 @@ def _progress_class(state: _FileDownload) -> type:
                 state.started = True
                 if self.n:
                     self._count(self.n)
+                    state.reporter.emit(force=True)  # a resumed download shows where it resumes at once, not at the next tick
 
         def _count(self, n: int) -> None:
             state.counted += n
