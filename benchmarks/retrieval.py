@@ -168,18 +168,19 @@ def load_questions(path: Path = QUESTIONS, root: Path = ROOT) -> list[Question]:
     return questions
 
 
-def rag_pipeline() -> tuple[list[dict[str, Any]], int, int, list[str] | None, str]:
+def rag_pipeline() -> tuple[list[dict[str, Any]], int, int, list[Any] | None, str]:
     """The main job's files (as its from_files stage reads them), chunk size, overlap,
-    separators and embedding model."""
+    separators (as its chunk stage resolves them: a preset name becomes its list) and embedding model."""
     from sage_daemon.jobs import spec as s
-    from sage_daemon.jobs.operators import source_items
+    from sage_daemon.jobs.operators import ChunkOp, source_items
 
     pipeline = s.load_toml(RAG_TOML.read_text(encoding="utf-8"), str(RAG_TOML))
     base_dir = str((RAG_TOML.parent / pipeline.base_dir).resolve())  # relative to the file's folder
     files = next(st for st in pipeline.stages if isinstance(st, s.FromFiles))
     chunk = next(st for st in pipeline.stages if isinstance(st, s.Chunk))
     embed = next(st for st in pipeline.stages if isinstance(st, s.Embed))
-    return list(source_items(files, base_dir)), chunk.size, chunk.overlap, chunk.separators, embed.model
+    separators = ChunkOp(chunk).separators
+    return list(source_items(files, base_dir)), chunk.size, chunk.overlap, None if separators is None else list(separators), embed.model
 
 
 def chunk_files(items: list[dict[str, Any]], size: int, overlap: int, separators: list[Any] | None) -> list[Chunk]:
@@ -441,10 +442,6 @@ def main() -> None:
         cross = CrossEncoder(args.cross_encoder, device="cpu")
 
     markdown = getattr(cython_ops, "MARKDOWN_SEPARATORS", None)
-    if separators == "markdown":  # the job's chunk stage maps the preset name the same way (jobs/operators.py)
-        if markdown is None:
-            raise SystemExit("examples/rag.toml asks for markdown separators, which this checkout's cython_ops lacks")
-        separators = list(markdown)
     chunkings: list[tuple[str, list[Any] | None]] = [("default separators", None)]
     if markdown is not None:
         chunkings.append(("cython_ops.MARKDOWN_SEPARATORS" + (" (as examples/rag.toml)" if separators == list(markdown) else ""), list(markdown)))

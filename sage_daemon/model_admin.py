@@ -137,6 +137,7 @@ class ModelAdmin:
         files = self._pulled_files(model)
         if not files:
             return 0
+        cache = self.hf_cache.resolve()
         blobs = {f.resolve() for f in files}
         for other in self.catalog.models():
             if blobs & {f.resolve() for f in self._pulled_files(other)}:
@@ -146,10 +147,10 @@ class ModelAdmin:
             entry.unlink(missing_ok=True)
         for blob in blobs:
             blob.unlink(missing_ok=True)
-        repo_dir = self.hf_cache.resolve() / files[0].relative_to(self.hf_cache.resolve()).parts[0]
+        repo_dir = cache / files[0].relative_to(cache).parts[0]
         if not any(f.is_file() for f in (repo_dir / "snapshots").rglob("*")):
             shutil.rmtree(repo_dir)
-            shutil.rmtree(self.hf_cache.resolve() / ".locks" / repo_dir.name, ignore_errors=True)  # huggingface_hub's lock files for it
+            shutil.rmtree(cache / ".locks" / repo_dir.name, ignore_errors=True)  # huggingface_hub's lock files for it
         else:
             for folder in sorted({f.parent for f in files}, key=lambda d: len(d.parts), reverse=True):
                 with contextlib.suppress(OSError):  # not empty: another model's files are there

@@ -276,7 +276,7 @@ def gguf_parts(path: Path) -> list[Path]:
     prefix, _, count = _split_info(path.name)
     if count <= 1:
         return [path]
-    return sorted(p for p in path.parent.iterdir() if _split_info(p.name)[0] == prefix and _split_info(p.name)[2] == count)
+    return sorted(p for p in path.parent.iterdir() if (info := _split_info(p.name))[0] == prefix and info[2] == count)
 
 
 def gguf_tag(path: str) -> str | None:
