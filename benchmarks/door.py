@@ -291,12 +291,16 @@ def start_daemon(workdir: Path, threads: int, repo: Path, profile: bool) -> Proc
 
 
 def profiled_daemon(out: str, args: list[str]) -> None:
-    """The daemon, with cProfile on its main (trio) thread between SIGUSR1 and SIGUSR2."""
+    """The daemon, with cProfile on its main (trio) thread between SIGUSR1 and SIGUSR2: a new
+    profile each time, timed by the thread's own CPU clock (wall time would count the waits for
+    the GIL and for a core, which the decode threads hold on these two cores, as the door's cost)."""
     import cProfile
 
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.thread_time)
 
     def start(*_: Any) -> None:
+        nonlocal profiler
+        profiler = cProfile.Profile(time.thread_time)
         profiler.enable()
 
     def stop(*_: Any) -> None:
@@ -360,7 +364,7 @@ def main() -> None:
     parser.add_argument("--chat", action="store_true", help="stream chat completions instead of completions")
     parser.add_argument("--repo", default=str(REPO), help="the checkout whose daemon to measure")
     parser.add_argument("--baseline-repo", help="also measure the daemon of this checkout (before/after, in turns in the same run)")
-    parser.add_argument("--profile", metavar="DIR", help="afterwards, one more daemon run under cProfile (trio thread only); summaries printed, .prof files in DIR")
+    parser.add_argument("--profile", metavar="DIR", help="afterwards, one more daemon run under cProfile (trio thread only, its CPU time); summaries printed, .prof files in DIR")
     parser.add_argument("--embeddings-alone", action="store_true", help="also mixed_workload's embeddings-alone test (32 clients x 1 sentence vs batch 32)")
     parser.add_argument("--serve-floor", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -463,7 +467,7 @@ def main() -> None:
                     "stream1": (path, sbody, 1, args.streams, args.streams * args.tokens),
                     "stream8": (path, sbody, args.concurrent, 1, args.concurrent * args.tokens),
                 }.items():
-                    os.kill(d.pid, signal.SIGUSR1)  # cumulative: each summary includes the scenarios before it
+                    os.kill(d.pid, signal.SIGUSR1)  # a new profile per scenario
                     run_clients(d.pid, d.port, cpath, body, clients, n)
                     os.kill(d.pid, signal.SIGUSR2)
                     time.sleep(1.0)

@@ -45,6 +45,7 @@ class Metrics:
         self.prompt_tokens = Counter("sage:prompt_tokens", "Prompt tokens processed (embedding inputs included).", ["model_name"], registry=r)
         self.generation_tokens = Counter("sage:generation_tokens", "Tokens generated.", ["model_name"], registry=r)
         self.request_success = Counter("sage:request_success", "Requests finished, by finished_reason (stop, length, cancelled, error).", ["model_name", "finished_reason"], registry=r)
+        self._itl_by_model: dict[str, Histogram] = {}  # inter_token_latency's child per model (labels are never removed)
         self.embedding_batch_size = Histogram("sage:embedding_batch_size", "Inputs per embedding batch (or (query, document) pairs per rerank batch) run on an engine.", ["model_name"], buckets=BATCH_BUCKETS, registry=r)
 
     # -- the hops of one request (the control plane's PlaneMetrics protocol) ------------------
@@ -70,9 +71,12 @@ class Metrics:
 
     def on_token(self, model: str, itl_s: float, n: int = 1) -> None:
         """`n` more tokens arrived, `itl_s` apart (one observation per gap)."""
-        hist = self.inter_token_latency.labels(model)
+        hist = self._itl_by_model.get(model)
+        if hist is None:  # labels() per call was a measurable part of a streamed token's cost
+            hist = self._itl_by_model[model] = self.inter_token_latency.labels(model)
+        gap = max(0.0, itl_s)
         for _ in range(n):
-            hist.observe(max(0.0, itl_s))
+            hist.observe(gap)
 
     def on_finished(self, model: str, kind: str, finish_reason: str, prompt_tokens: int = 0, completion_tokens: int = 0, e2e_s: float | None = None) -> None:
         """An admitted request ended (finish_reason: stop | length | cancelled | error). Call it

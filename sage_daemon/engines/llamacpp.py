@@ -14,10 +14,12 @@ turns tokens into text (stop strings) and delivers. A failure while sampling or 
 sequence fails that sequence alone; only a failed `llama_decode` stops the engine.
 
 Trio side: `prepare()` (on a worker thread) tokenizes and checks the request once;
-`generate()` submits a prepared request to the loop and yields chunks from a memory channel. The loop hands each step's chunks to trio in one
-`TrioToken.run_sync_soon` call (non-blocking: the loop never waits for a consumer; each
-channel's buffer is sized so it cannot fill up). Closing or cancelling the consumer sends a
-cancel to the loop, which drops the sequence and clears its KV cells at the next step.
+`generate()` submits a prepared request to the loop and yields chunks from the stream's
+`ChunkMailbox` (engines/mailbox.py). The loop hands each step's chunks to trio in one
+`TrioToken.run_sync_soon` call (non-blocking: the loop never waits for a consumer); a mailbox
+holds one chunk and merges into it what arrives while the consumer lags, so a slow client gets
+its tokens in fewer, larger chunks. Closing or cancelling the consumer sends a cancel to the
+loop, which drops the sequence and clears its KV cells at the next step.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from .base import (
     TopLogprob,
 )
 from .batch_scheduler import MAX_ABORTS_IN_A_ROW, BatchScheduler, KvCopy, KvOp, KvTrim, Sequence, StepPlan
+from .mailbox import ChunkMailbox
 from .text_stream import StopStringMatcher, Utf8StreamDecoder
 
 if TYPE_CHECKING:
@@ -150,7 +153,7 @@ class _Stream:
     request_id: str
     sampling: SamplingParams
     prompt_tokens: npt.NDArray[np.int32]
-    send: trio.MemorySendChannel[GenerationChunk]
+    mailbox: ChunkMailbox
     trio_token: trio.lowlevel.TrioToken
     background: bool = False  # its steps may be cut short for an interactive arrival
     grammar: CompiledGrammar | None = None  # its output constraint; the Sampler gets a matcher of it
@@ -162,7 +165,7 @@ class _Stream:
     unsent_logprobs: list[TokenLogprob] = field(default_factory=list)  # aligned with unsent_token_ids when asked for
     completion_tokens: int = 0
     finished: bool = False  # loop side: the final chunk was produced
-    delivered_final: bool = False  # trio side: the final chunk reached the channel
+    delivered_final: bool = False  # trio side: the final chunk reached the mailbox
 
     def __post_init__(self) -> None:
         self.stop = StopStringMatcher(self.sampling.stop)
@@ -206,15 +209,13 @@ def _parsed(parser: ToolCallParser, chunk: GenerationChunk) -> GenerationChunk:
 
 
 def _deliver_on_trio(items: list[tuple[_Stream, GenerationChunk]]) -> None:
-    """Runs on the trio thread: put a step's chunks into their channels, close finished ones."""
+    """Runs on the trio thread: put a step's chunks into their mailboxes, close finished ones.
+    (A consumer that left drops what it is handed; its cancel is on the way to the loop.)"""
     for stream, chunk in items:
-        try:
-            stream.send.send_nowait(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-            pass  # the consumer left; its cancel is on the way to the loop
+        stream.mailbox.put(chunk)
         if chunk.finish_reason is not None:
             stream.delivered_final = True
-            stream.send.close()
+            stream.mailbox.close()
 
 
 _Command = tuple[Literal["submit", "cancel"], _Stream]
@@ -721,27 +722,26 @@ class LlamaCppEngine:
         # A cache hit: prepare() compiled it (a miss, after 64 other grammars, compiles here).
         grammar = self._grammar_compiler(model).compile(request.constraint) if request.constraint is not None else None
         parser = self._output_parser(request)
-        # At most one chunk per sampled token, plus the final one: the loop never meets a full buffer.
-        send, receive = trio.open_memory_channel[GenerationChunk](sampling.max_tokens + 2)
+        mailbox = ChunkMailbox()
         stream = _Stream(
             request_id=request.request_id,
             sampling=sampling,
             prompt_tokens=np.asarray(request.prompt_tokens, dtype=np.int32),
-            send=send,
+            mailbox=mailbox,
             trio_token=trio.lowlevel.current_trio_token(),
             background=request.background,
             grammar=grammar,
         )
         self._post(("submit", stream))
         try:
-            async with receive:
-                async for chunk in receive:
-                    yield chunk if parser is None else _parsed(parser, chunk)
-                    if chunk.finish_reason is not None:
-                        return
+            while (chunk := await mailbox.get()) is not None:
+                yield chunk if parser is None else _parsed(parser, chunk)
+                if chunk.finish_reason is not None:
+                    return
             if not stream.delivered_final:
                 raise EngineError(f"engine {self.name!r} closed the stream without a final chunk")
         finally:
+            mailbox.leave()
             if not stream.delivered_final:
                 self._post(("cancel", stream), quiet=True)
 

@@ -17,7 +17,7 @@ request body read whole before any answer (hypercorn closes a connection whose r
 before its request body did).
 
 A streamed reply is written as the chunks come: each write carries every event that is ready
-(the engine hands a lagging consumer its tokens merged, see engines/llamacpp.py `_Mailbox`).
+(the engine hands a lagging consumer its tokens merged: engines/mailbox.py `ChunkMailbox`).
 """
 
 from __future__ import annotations

@@ -611,3 +611,20 @@ def test_llama_cpp_is_built_without_openmp() -> None:
     from sage_daemon.engines.llamacpp import llama_cpp_uses_openmp
 
     assert not llama_cpp_uses_openmp(), "reinstall llama-cpp-python with CMAKE_ARGS=-DGGML_OPENMP=OFF (bash scripts/install.sh does)"
+
+
+async def test_a_consumer_that_lags_gets_the_same_tokens_merged_into_fewer_chunks(engine: LlamaCppEngine) -> None:
+    """The steps decoded while the consumer is away wait merged in its mailbox (engines/mailbox.py):
+    one chunk per catch-up instead of one per token, every token once, in order, with its logprobs."""
+    sampling = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=1)
+    request = GenerationRequest(request_id="lag-ref", prompt=FRANCE, sampling=sampling)
+    keeping_up = await collect(engine, request)
+    lagging: list[GenerationChunk] = []
+    async for chunk in engine.generate(engine.prepare(msgspec.structs.replace(request, request_id="lag"))):
+        lagging.append(chunk)
+        await trio.sleep(0.15)  # several decode steps of SmolLM2 on two cores
+    assert token_ids_of(lagging) == token_ids_of(keeping_up) and text_of(lagging) == text_of(keeping_up)
+    assert [e.token for c in lagging for e in c.logprobs] == [e.token for c in keeping_up for e in c.logprobs]
+    assert all(len(c.logprobs) == len(c.token_ids) for c in lagging)
+    assert (lagging[-1].finish_reason, lagging[-1].completion_tokens) == ("length", 24)
+    assert len(lagging) < len(keeping_up) / 2, [len(c.token_ids) for c in lagging]
